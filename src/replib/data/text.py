@@ -1,0 +1,118 @@
+"""Text that is on every machine with Python: the standard library's own sources.
+
+The corpus is a fixed list of pure-Python stdlib modules, concatenated. Their text differs
+between Python versions, so every use records the corpus's sha256 and the Python version.
+Byte- and character-level tokenisation and language-model batching live here too.
+"""
+from __future__ import annotations
+
+import hashlib
+import platform
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from ..errors import ReplibError
+
+# Modules that exist as single files in CPython 3.10-3.13 (about 1.6 MB together).
+STDLIB_FILES = (
+    "argparse.py", "ast.py", "calendar.py", "configparser.py", "csv.py", "dataclasses.py",
+    "difflib.py", "doctest.py", "enum.py", "fractions.py", "functools.py", "heapq.py",
+    "inspect.py", "pprint.py", "pydoc.py", "random.py", "shutil.py", "statistics.py",
+    "string.py", "subprocess.py", "tarfile.py", "textwrap.py", "threading.py", "tokenize.py",
+    "typing.py",
+)
+
+
+@dataclass
+class Corpus:
+    name: str
+    text: str
+    sha256: str
+    meta: dict = field(default_factory=dict)
+
+    def provenance(self) -> dict:
+        return {"sha256": self.sha256, "chars": len(self.text), **self.meta}
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def stdlib_corpus(files: tuple[str, ...] = STDLIB_FILES) -> Corpus:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts = []
+    for name in files:
+        path = root / name
+        if not path.is_file():
+            raise ReplibError(f"standard-library file {path} is missing; this Python build does "
+                              "not ship its sources")
+        parts.append(path.read_text(encoding="utf-8"))
+    text = "\n".join(parts)
+    return Corpus("python-stdlib", text, sha256_text(text),
+                  {"python": platform.python_version(), "files": len(files)})
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens: a fixed vocabulary of 256, nothing out of vocabulary."""
+
+    vocab_size = 256
+
+    def encode(self, text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
+
+    def decode(self, ids: torch.Tensor) -> str:
+        return bytes(ids.tolist()).decode("utf-8", errors="replace")
+
+
+class CharTokenizer:
+    """Characters as tokens, the vocabulary being the sorted characters of a reference text."""
+
+    def __init__(self, text: str):
+        self.chars = sorted(set(text))
+        self.index = {c: i for i, c in enumerate(self.chars)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> torch.Tensor:
+        try:
+            return torch.tensor([self.index[c] for c in text], dtype=torch.long)
+        except KeyError as e:
+            raise ReplibError(f"character {e.args[0]!r} is not in the vocabulary") from None
+
+    def decode(self, ids: torch.Tensor) -> str:
+        return "".join(self.chars[i] for i in ids.tolist())
+
+
+def split_tokens(tokens: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contiguous train/validation split: the last ``val_fraction`` of the stream is held out."""
+    cut = int(len(tokens) * (1 - val_fraction))
+    return tokens[:cut], tokens[cut:]
+
+
+def lm_batches(tokens: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator,
+               device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (input, next-token target) batches of random windows drawn with ``generator``."""
+    if len(tokens) <= seq_len + 1:
+        raise ReplibError(f"{len(tokens)} tokens are too few for windows of {seq_len}")
+    offsets = torch.arange(seq_len + 1)
+    while True:
+        starts = torch.randint(len(tokens) - seq_len - 1, (batch_size,), generator=generator)
+        win = tokens[starts[:, None] + offsets]
+        yield win[:, :-1].to(device), win[:, 1:].to(device)
+
+
+def lm_eval_windows(tokens: torch.Tensor, seq_len: int, max_windows: int,
+                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-overlapping windows from the start of ``tokens``: the same evaluation set every time."""
+    n = min(max_windows, (len(tokens) - 1) // seq_len)
+    if n < 1:
+        raise ReplibError(f"{len(tokens)} tokens are too few for one window of {seq_len}")
+    x = tokens[: n * seq_len].view(n, seq_len)
+    y = tokens[1: n * seq_len + 1].view(n, seq_len)
+    return x.to(device), y.to(device)

@@ -1,0 +1,86 @@
+"""One chapter's run: validated parameters, provenance, claims, the verdict table and the record.
+
+The notebook's parameters cell feeds :class:`Experiment`; everything a chapter needs to know about
+its scale, device and seeds comes from here, and everything it concludes goes back in here::
+
+    exp = Experiment("16-selu-snn", scale=scale, device=device, seeds=seeds)
+    cfg = exp.sizes({"smoke": {...}, "cpu": {...}, "gpu": {...}})
+    exp.record(judge("C1", ..., rule=rule, metrics=...))
+    exp.verdict_table(); exp.save()
+"""
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from . import provenance
+from .claims import Claim
+from .errors import ReplibError
+from .results import results_dir, write
+from .runtime import resolve_device
+from .scales import get_scale, pick, resolve_seeds
+
+CHAPTER_RE = re.compile(r"^(\d\d)-[a-z0-9-]+$")
+
+
+class Experiment:
+    def __init__(self, chapter: str, scale: str = "cpu", device: str = "auto",
+                 seeds: Sequence[int] | int | None = None):
+        m = CHAPTER_RE.match(chapter)
+        if not m:
+            raise ReplibError(f"chapter id {chapter!r} is not of the form NN-slug")
+        self.chapter, self.paper = chapter, int(m.group(1))
+        self.scale = get_scale(scale)
+        self.device = resolve_device(device)
+        self.seeds = resolve_seeds(scale, seeds)
+        self.claims: dict[str, Claim] = {}
+        self.data: dict[str, dict] = {}
+        self.started_at = datetime.now(timezone.utc)
+        self._t0 = time.perf_counter()
+
+    def __repr__(self) -> str:
+        return (f"Experiment({self.chapter!r}, scale={self.scale.name!r}, "
+                f"device={str(self.device)!r}, seeds={self.seeds})")
+
+    def sizes(self, table: Mapping[str, Mapping]) -> SimpleNamespace:
+        return pick(table, self.scale.name)
+
+    def uses(self, name: str, **facts) -> None:
+        """Record a data set's provenance (its sha256, size, source) in the results file."""
+        self.data[name] = facts
+
+    def record(self, claim: Claim) -> Claim:
+        if self.scale.name == "smoke":
+            claim.note = ("smoke scale: pipeline check only, not a result. " + claim.note).strip()
+        self.claims[claim.id] = claim
+        return claim
+
+    def verdict_table(self) -> pd.DataFrame:
+        rows = [{"claim": c.id + (" (analog)" if c.analog else ""), "paper": c.paper,
+                 "ours": c.ours, "rule": c.rule, "verdict": c.verdict.value,
+                 "scale": self.scale.name} for c in self.claims.values()]
+        return pd.DataFrame(rows, columns=["claim", "paper", "ours", "rule", "verdict", "scale"])
+
+    def to_json(self) -> dict:
+        return {
+            "schema": "replib.results", "schema_version": 1,
+            "chapter": self.chapter, "paper": self.paper, "scale": self.scale.name,
+            "seeds": self.seeds, "device": str(self.device),
+            "hardware": provenance.hardware(self.device), "versions": provenance.library_versions(),
+            "git": provenance.git_commit(), "data": self.data,
+            "started_at": self.started_at.isoformat(timespec="seconds"),
+            "wall_time_s": round(time.perf_counter() - self._t0, 2),
+            "claims": [c.to_json() for c in self.claims.values()],
+        }
+
+    def save(self, directory: Path | None = None) -> Path:
+        if not self.claims:
+            raise ReplibError(f"{self.chapter}: no claims recorded; nothing to save")
+        base = directory or results_dir()
+        return write(self.to_json(), base / self.scale.name / f"{self.chapter}.json")

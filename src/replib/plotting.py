@@ -1,0 +1,65 @@
+"""One figure style for the whole book, and helpers that always show the spread over seeds."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+from .claims import Verdict
+
+VERDICT_COLORS = {
+    Verdict.REPLICATED: "#2e7d32",
+    Verdict.PARTIAL: "#f9a825",
+    Verdict.NOT_REPLICATED: "#c62828",
+    Verdict.INCONCLUSIVE: "#757575",
+    Verdict.NOT_TESTABLE: "#9e9e9e",
+}
+
+
+def theme() -> None:
+    """The book's seaborn theme; call once at the top of a chapter."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "figure.figsize": (7, 4),
+                         "axes.titleweight": "bold", "legend.frameon": False})
+
+
+def mean_band(ax: plt.Axes, x: Sequence[float], runs: Sequence[Sequence[float]], label: str,
+              color=None, band: str = "minmax", **kw) -> None:
+    """Plot the mean over seeds as a line and the spread as a shaded band.
+
+    ``runs`` holds one curve per seed (NaN where a run diverged or stopped); ``band`` is
+    ``"minmax"`` (the full range of seeds) or ``"std"`` (mean ± one standard deviation).
+    """
+    y = np.asarray(runs, dtype=float)
+    if y.ndim == 1:
+        y = y[None]
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(y, axis=0)
+        lo, hi = ((np.nanmin(y, axis=0), np.nanmax(y, axis=0)) if band == "minmax" else
+                  (mean - np.nanstd(y, axis=0), mean + np.nanstd(y, axis=0)))
+    n = y.shape[0]
+    (line,) = ax.plot(x, mean, label=f"{label} (n={n})" if n > 1 else label, color=color, **kw)
+    if n > 1:
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def seed_dots(ax: plt.Axes, groups: Mapping[str, Sequence[float]], ylabel: str,
+              order: Sequence[str] | None = None) -> None:
+    """One column per group: every seed as a dot, the mean as a bar with ± one std."""
+    names = list(order or groups)
+    for i, name in enumerate(names):
+        vals = np.asarray(groups[name], dtype=float)
+        fin = vals[np.isfinite(vals)]
+        color = sns.color_palette()[i % 10]
+        if len(fin):
+            ax.bar(i, fin.mean(), color=color, alpha=0.35, width=0.6,
+                   yerr=fin.std(ddof=1) if len(fin) > 1 else None, capsize=4)
+            ax.scatter(np.full(len(fin), i) + np.linspace(-0.12, 0.12, len(fin)), fin,
+                       color=color, zorder=3, s=18)
+        if len(fin) < len(vals):
+            ax.annotate(f"{len(vals) - len(fin)} diverged", (i, 0), ha="center",
+                        xytext=(0, 4), textcoords="offset points", fontsize=8, color="#c62828")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel(ylabel)

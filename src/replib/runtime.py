@@ -1,0 +1,67 @@
+"""Device resolution and seeding: the ground floor every experiment stands on."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from .errors import ReplibError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def available_devices() -> list[str]:
+    """The concrete devices this machine offers, best first."""
+    found = ["cuda"] if torch.cuda.is_available() else []
+    found += ["mps"] if _mps_available() else []
+    return found + ["cpu"]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``auto|cpu|cuda|mps`` (or ``cuda:1``) into a device that exists here, or raise.
+
+    ``auto`` picks CUDA, then Apple MPS, then CPU. Asking for a device this machine lacks is an
+    error, never a silent fallback: a result labelled "cuda" must have run on CUDA.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    kind = str(device).split(":")[0]
+    if kind not in DEVICES:
+        raise ReplibError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    if kind == "auto":
+        return torch.device(available_devices()[0])
+    if kind not in available_devices():
+        raise ReplibError(
+            f"device {device!r} is not available on this machine; available: "
+            f"{', '.join(['auto', *available_devices()])}"
+        )
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices) and return a CPU generator seeded the same.
+
+    Experiments should draw from explicit generators where they can; the global seeds cover
+    what they cannot (weight init inside ``nn.Module`` constructors, dropout).
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ReplibError(f"a seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return torch.Generator().manual_seed(seed)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so wall-clock timings measure the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

@@ -1,0 +1,101 @@
+"""A small training loop: progress with tqdm.auto, periodic evaluation, divergence as an outcome.
+
+A run whose loss turns NaN or infinite stops and says so in its :class:`History`; the caller
+records that seed as diverged instead of the notebook crashing.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class History:
+    loss: list[float] = field(default_factory=list)  # training loss at every step
+    evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, metrics)
+    diverged_at: int | None = None  # first step whose loss was not finite
+    seconds: float = 0.0
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at is not None
+
+    def eval_series(self, key: str) -> tuple[list[int], list[float]]:
+        steps = [s for s, m in self.evals if key in m]
+        return steps, [m[key] for s, m in self.evals if key in m]
+
+    def final(self, key: str) -> float:
+        """Last evaluation of ``key``; ``nan`` for a diverged run."""
+        if self.diverged:
+            return math.nan
+        _, values = self.eval_series(key)
+        return values[-1] if values else math.nan
+
+    def first_step_below(self, key: str, target: float) -> int | None:
+        """The first evaluated step where ``key`` fell to ``target`` or below (None: never)."""
+        for step, m in self.evals:
+            if key in m and m[key] <= target:
+                return step
+        return None
+
+
+def train(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[Any],
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+    steps: int,
+    *,
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    eval_every: int = 0,
+    grad_clip: float | None = None,
+    scheduler: Any = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> History:
+    """Run ``steps`` optimizer steps of ``loss_fn(model, next(batches))``.
+
+    ``evaluate(model)`` runs in eval mode under ``no_grad`` every ``eval_every`` steps and after
+    the last one; its metrics land in ``History.evals``.
+    """
+    hist = History()
+    t0 = time.perf_counter()
+
+    def run_eval(step: int) -> None:
+        if evaluate is None:
+            return
+        model.eval()
+        with torch.no_grad():
+            hist.evals.append((step, {k: float(v) for k, v in evaluate(model).items()}))
+        model.train()
+
+    model.train()
+    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False, mininterval=1)
+    for step in bar:
+        loss = loss_fn(model, next(batches))
+        value = float(loss.detach())
+        hist.loss.append(value)
+        if not math.isfinite(value):
+            hist.diverged_at = step
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if eval_every and step % eval_every == 0 and step != steps:
+            run_eval(step)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+    bar.close()
+    if not hist.diverged:
+        run_eval(steps)
+    hist.seconds = time.perf_counter() - t0
+    return hist
