@@ -1,0 +1,1 @@
+"""The book machinery: find chapters, execute them with papermill (cached), render with jupyter-book."""

@@ -1,0 +1,40 @@
+"""Render a staged, executed book tree into a static site with jupyter-book (1.x)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import ReplibError
+
+STATIC = ("_config.yml", "_toc.yml", "book")
+
+
+def stage_static(root: Path, stage: Path) -> None:
+    """Copy the book's non-notebook sources into the staged tree (fresh each build)."""
+    stage.mkdir(parents=True, exist_ok=True)
+    for name in STATIC:
+        src, dst = root / name, stage / name
+        if src.is_dir():
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy2(src, dst)
+
+
+def jupyter_book() -> str:
+    exe = Path(sys.executable).parent / "jupyter-book"
+    found = str(exe) if exe.exists() else shutil.which("jupyter-book")
+    if not found:
+        raise ReplibError("jupyter-book is not installed; install replib with the book extra: "
+                          "pip install -e '.[book]'")
+    return found
+
+
+def build_html(root: Path, stage: Path) -> int:
+    """``jupyter-book build`` the staged tree into ``<root>/_build/html``; warnings are errors."""
+    stage_static(root, stage)
+    cmd = [jupyter_book(), "build", str(stage), "--path-output", str(root),
+           "--all", "-W", "-n", "--keep-going", "-q"]
+    return subprocess.run(cmd).returncode

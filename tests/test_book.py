@@ -1,0 +1,78 @@
+"""The book pipeline on a two-chapter fixture book: papermill execution on a staged copy, the
+execution cache, a failing chapter that does not stop the others, and the rendered site."""
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from replib.book.build import build_html
+from replib.book.chapters import resolve, toc_chapters
+from replib.book.execute import execute_many, stage_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = {"scale": "smoke", "device": "cpu"}
+
+
+def _notebook(title: str, body: str) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('scale = "cpu"\ndevice = "auto"\nseeds = None')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}"), params, nbformat.v4.new_code_cell(body)]
+    return nb
+
+
+@pytest.fixture
+def book(tmp_path, monkeypatch):
+    shutil.copy(ROOT / "_config.yml", tmp_path)
+    (tmp_path / "book").mkdir()
+    shutil.copy(ROOT / "book" / "references.bib", tmp_path / "book")
+    (tmp_path / "book" / "intro.md").write_text("# Fixture\n\n```{tableofcontents}\n```\n")
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/intro\nchapters:\n"
+        "  - file: notebooks/01-good\n  - file: notebooks/02-bad\n")
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(_notebook("Good", "print('ran at', scale, seeds)"),
+                   tmp_path / "notebooks" / "01-good.ipynb")
+    nbformat.write(_notebook("Bad", "raise ValueError('boom')"), tmp_path / "notebooks" / "02-bad.ipynb")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_execute_cache_and_failure(book):
+    chapters = toc_chapters(book)
+    assert [c.id for c in chapters] == ["01-good", "02-bad"] and resolve(book, "2").id == "02-bad"
+    first = {o.chapter: o for o in execute_many(book, chapters, PARAMS, jobs=2)}
+    assert first["01-good"].status == "executed"
+    assert first["02-bad"].status == "failed" and "ValueError: boom" in first["02-bad"].error
+
+    staged = nbformat.read(stage_dir(book, "smoke") / "notebooks" / "01-good.ipynb", as_version=4)
+    assert "ran at smoke None" in json.dumps(staged.cells[-1].outputs)
+    assert not nbformat.read(book / "notebooks" / "01-good.ipynb", as_version=4).cells[-1].outputs
+    bad = nbformat.read(stage_dir(book, "smoke") / "notebooks" / "02-bad.ipynb", as_version=4)
+    assert any("failed" in c.source and "ValueError: boom" in c.source for c in bad.cells
+               if c.cell_type == "markdown")
+
+    again = {o.chapter: o for o in execute_many(book, chapters, PARAMS)}
+    assert again["01-good"].status == "cached"  # unchanged: nothing executes
+    assert again["02-bad"].status == "failed"  # failures are retried, never cached
+
+    other = execute_many(book, chapters[:1], {**PARAMS, "seeds": [3]})[0]
+    assert other.status == "executed"  # new parameters, new key
+
+    nb = nbformat.read(book / "notebooks" / "01-good.ipynb", as_version=4)
+    nb.cells[-1].source += "\nprint('edited')"
+    nbformat.write(nb, book / "notebooks" / "01-good.ipynb")
+    assert execute_many(book, chapters[:1], PARAMS)[0].status == "executed"
+
+
+def test_site_builds_with_a_failed_chapter(book):
+    execute_many(book, toc_chapters(book), PARAMS)
+    assert build_html(book, stage_dir(book, "smoke")) == 0
+    html = book / "_build" / "html"
+    assert (html / "notebooks" / "01-good.html").exists()
+    assert "failed" in (html / "notebooks" / "02-bad.html").read_text()
+    assert ("colab.research.google.com/github/normalization-replicated/normalization-replicated/"
+            "blob/main/notebooks/01-good.ipynb") in (html / "notebooks" / "01-good.html").read_text()

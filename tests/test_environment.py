@@ -1,0 +1,29 @@
+"""environment.yml mirrors pyproject's dependencies, so conda users get the same lower bounds."""
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDA_NAMES = {"torch": "pytorch"}  # conda-forge spells a few packages differently
+
+
+def _split(req: str) -> tuple[str, str]:
+    name, spec = re.match(r"^([A-Za-z0-9_.-]+)\s*(.*)$", req).groups()
+    return name.lower(), spec.replace(" ", "")
+
+
+def test_environment_mirrors_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = dict(_split(r) for r in project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        wanted.update(_split(r) for r in extra)
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = dict(_split(d) for d in env["dependencies"] if isinstance(d, str))
+    for name, spec in wanted.items():
+        cname = CONDA_NAMES.get(name, name)
+        assert cname in conda, f"{cname} missing from environment.yml"
+        assert conda[cname] == spec, f"{cname}: environment.yml says {conda[cname]!r}, pyproject {spec!r}"
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert any(p.startswith("-e .") for p in pip), "environment.yml must install replib itself"

@@ -1,0 +1,66 @@
+import json
+
+import pytest
+
+from replib import Experiment, ReplibError, Rule, graded, judge, results
+
+
+def _experiment(scale="smoke"):
+    exp = Experiment("16-selu-snn", scale=scale, device="cpu")
+    rule = Rule("replicated if x < 1", lambda m: graded(m["x"].mean < 1))
+    exp.record(judge("C1", "x is small", paper="x < 1", rule=rule, metrics={"x": [0.5]}))
+    return exp
+
+
+def test_round_trip(tmp_path):
+    path = _experiment().save(tmp_path)
+    assert path == tmp_path / "smoke" / "16-selu-snn.json"
+    rec = results.read(path)
+    assert rec["chapter"] == "16-selu-snn" and rec["paper"] == 16 and rec["seeds"] == [0]
+    assert rec["claims"][0]["verdict"] == "replicated"
+    assert rec["claims"][0]["summary"]["x"]["mean"] == 0.5
+    assert "smoke scale" in rec["claims"][0]["note"]
+    for field in ("hardware", "versions", "git", "wall_time_s", "started_at", "device"):
+        assert field in rec
+    assert not list(tmp_path.rglob("*.tmp"))  # the atomic write left nothing behind
+
+
+def test_corrupt_file(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text('{"schema": "replib.results", "schema_ver')
+    with pytest.raises(ReplibError, match="corrupt results file"):
+        results.read(p)
+
+
+def test_foreign_file(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ReplibError, match="not a replib results record"):
+        results.read(p)
+
+
+def test_wrong_version(tmp_path):
+    rec = _experiment().to_json()
+    rec["schema_version"] = 99
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps(rec))
+    with pytest.raises(ReplibError, match="schema version 99"):
+        results.read(p)
+
+
+def test_invalid_field_names_its_place(tmp_path):
+    rec = _experiment().to_json()
+    rec["claims"][0]["verdict"] = "sort of"
+    with pytest.raises(ReplibError, match="claims/0/verdict"):
+        results.write(rec, tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_nothing_to_save(tmp_path):
+    with pytest.raises(ReplibError, match="no claims"):
+        Experiment("16-selu-snn", scale="smoke", device="cpu").save(tmp_path)
+
+
+def test_bad_chapter_id():
+    with pytest.raises(ReplibError, match="NN-slug"):
+        Experiment("selu", scale="smoke")
