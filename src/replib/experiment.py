@@ -48,6 +48,18 @@ class Experiment:
         return (f"Experiment({self.chapter!r}, scale={self.scale.name!r}, "
                 f"device={str(self.device)!r}, seeds={self.seeds})")
 
+    def _repr_markdown_(self) -> str:
+        """The run's provenance as one line at the top of the executed chapter."""
+        hw = provenance.hardware(self.device)
+        git = provenance.git_commit()
+        commit = (git["commit"] or "unknown")[:10] + (" (modified)" if git["dirty"] else "")
+        versions = provenance.library_versions()
+        return (f"**scale** `{self.scale.name}` · **device** `{self.device}` "
+                f"({hw.get('gpu') or hw['cpu']}, {hw['torch_threads']} threads) · "
+                f"**seeds** `{self.seeds}` · **replib** {versions.get('replib', '?')} @ `{commit}` · "
+                f"**torch** {versions['torch']} · **started** "
+                f"{self.started_at.strftime('%Y-%m-%d %H:%M UTC')}")
+
     def sizes(self, table: Mapping[str, Mapping]) -> SimpleNamespace:
         return pick(table, self.scale.name)
 
@@ -80,7 +92,12 @@ class Experiment:
         }
 
     def save(self, directory: Path | None = None) -> Path:
+        """Write ``results/<scale>/<chapter>.json`` and say where, with the run's wall time."""
         if not self.claims:
             raise ReplibError(f"{self.chapter}: no claims recorded; nothing to save")
+        record = self.to_json()
         base = directory or results_dir()
-        return write(self.to_json(), base / self.scale.name / f"{self.chapter}.json")
+        path = write(record, base / self.scale.name / f"{self.chapter}.json")
+        print(f"{len(self.claims)} claims recorded in {path.name} "
+              f"(wall time {record['wall_time_s']:.0f} s at scale {self.scale.name})")
+        return path
