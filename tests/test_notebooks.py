@@ -53,7 +53,7 @@ def test_install_then_parameters_cell(path):
 def test_named_and_recorded_as_its_paper(path):
     assert path.stem in PAPERS or re.match(r"^9\d-", path.stem), \
         f"{path.stem} matches no paper in book/papers.yml"
-    text = path.read_text()
+    text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
     assert f'Experiment("{path.stem}"' in text, "the chapter must record under its own id"
     assert "{cite}" in text, "the chapter must cite its paper"
 
