@@ -1,6 +1,11 @@
 """The library floor: layers, models and instrumentation in plain PyTorch."""
+from .cnn import TinyCNN
 from .mlp import MLP
 from .norms import create_norm, list_norms, register_norm
+from .selu import SELU, AlphaDropout
+from .recurrent import CharLSTM, LSTMClassifier, NormLSTM, NormLSTMCell
 from .transformer import GPTConfig, TinyGPT
 
-__all__ = ["MLP", "GPTConfig", "TinyGPT", "create_norm", "list_norms", "register_norm"]
+__all__ = ["CharLSTM", "LSTMClassifier", "NormLSTM", "NormLSTMCell", "TinyCNN",
+           "MLP", "GPTConfig", "TinyGPT", "create_norm", "list_norms", "register_norm",
+           "SELU", "AlphaDropout"]
