@@ -74,7 +74,7 @@ def cmd_list(args) -> int:
     from .results import results_dir, read
 
     root = book_root()
-    print(f"{'chapter':<28} " + "  ".join(f"{s:<34}" for s in SCALES))
+    print(f"{'chapter':<28} " + "  ".join(f"{s:<38}" for s in SCALES))
     for ch in toc_chapters(root):
         cells = []
         for scale in SCALES:
@@ -95,7 +95,7 @@ def cmd_list(args) -> int:
                      "not testable at this scale": "n/t"}
             summary = " ".join(f"{n} {short[v]}" for v, n in counts.items())
             cells.append(f"{summary} ({rec['started_at'][:10]}, {rec['wall_time_s']:.0f}s)")
-        print(f"{ch.id:<28} " + "  ".join(f"{c:<34}" for c in cells))
+        print(f"{ch.id:<28} " + "  ".join(f"{c:<38}" for c in cells))
     return 0
 
 

@@ -6,7 +6,6 @@ over variants and seeds. All runs use Adam; nothing here reads the test split to
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +15,7 @@ from sklearn.model_selection import train_test_split
 from ..data import lm_batches, minibatches
 from ..data.tabular import Split
 from ..nn import MLP, CharLSTM, LSTMClassifier, TinyCNN
-from ..runtime import seed_everything, synchronize
+from ..runtime import seed_everything
 from ..train import History, train
 
 
@@ -91,28 +90,6 @@ def speedup_ratio(hist: History, baseline: History, key: str = "loss") -> tuple[
     if mine is None:
         return len(hist.loss) / base, False
     return mine / base, True
-
-
-def seconds_per_step(model_fn, batch, steps: int, device) -> float:
-    """Wall seconds of one forward+backward+Adam step, timed over ``steps`` steps after one warm-up."""
-    device = torch.device(device)
-    model = model_fn().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x, y = (t.to(device) for t in batch)
-
-    def one():
-        loss = F.cross_entropy(model(x).flatten(0, -2), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    one()
-    synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        one()
-    synchronize(device)
-    return (time.perf_counter() - t0) / steps
 
 
 @dataclass
