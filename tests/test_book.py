@@ -2,14 +2,16 @@
 execution cache, a failing chapter that does not stop the others, and the rendered site."""
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from replib.book.build import build_html
 from replib.book.chapters import resolve, toc_chapters
 from replib.book.execute import execute_many, stage_dir
+from replib.cli import main
+from replib.scales import SCALES
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {"scale": "smoke", "device": "cpu"}
@@ -68,9 +70,27 @@ def test_execute_cache_and_failure(book):
     assert execute_many(book, chapters[:1], PARAMS)[0].status == "executed"
 
 
-def test_site_builds_with_a_failed_chapter(book):
-    execute_many(book, toc_chapters(book), PARAMS)
-    assert build_html(book, stage_dir(book, "smoke")) == 0
+def test_run_one_chapter_from_the_command_line(book, capsys):
+    assert main(["run", "1", "--scale", "smoke", "--device", "cpu", "--seeds", "4,5"]) == 0
+    staged = nbformat.read(stage_dir(book, "smoke") / "notebooks" / "01-good.ipynb", as_version=4)
+    assert "ran at smoke [4, 5]" in json.dumps(staged.cells[-1].outputs)
+    assert main(["run", "02-bad", "--scale", "smoke"]) == 1
+    assert "ValueError: boom" in capsys.readouterr().out
+
+
+def test_a_chapter_over_its_budget_fails_the_build_only_when_asked(book, monkeypatch, capsys):
+    (book / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n"
+                                   "  - file: notebooks/01-good\n")
+    monkeypatch.setattr("replib.book.build.build_html", lambda root, stage: 0)
+    monkeypatch.setitem(SCALES, "smoke", replace(SCALES["smoke"], budget_s=0.01))
+    assert main(["book", "--scale", "smoke"]) == 0
+    assert main(["book", "--scale", "smoke", "--fail-over-budget", "--force"]) == 1
+    assert "over the smoke budget" in capsys.readouterr().out
+
+
+def test_site_builds_with_a_failed_chapter(book, capsys):
+    assert main(["book", "--scale", "smoke", "--jobs", "2"]) == 1  # the failed chapter, at the end
+    assert "failed chapters: 02-bad" in capsys.readouterr().out
     html = book / "_build" / "html"
     assert (html / "notebooks" / "01-good.html").exists()
     assert "failed" in (html / "notebooks" / "02-bad.html").read_text()

@@ -1,0 +1,62 @@
+"""Experiment support: provenance, source display, plotting helpers."""
+import math
+import subprocess
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from replib import Experiment, provenance, show_source  # noqa: E402
+from replib.nn import create_norm  # noqa: E402
+from replib.plotting import mean_band, seed_dots  # noqa: E402
+
+
+def test_git_commit_is_the_checkout_replib_lives_in():
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=provenance.__file__.rsplit("/", 1)[0]).stdout.strip()
+    git = provenance.git_commit()
+    assert git["source"] == "git" and git["commit"] == head
+
+
+def test_git_commit_override(monkeypatch):
+    monkeypatch.setenv("REPLIB_GIT_COMMIT", "abc123")
+    assert provenance.git_commit()["commit"] == "abc123"
+
+
+def test_versions_and_hardware():
+    v = provenance.library_versions()
+    assert {"python", "torch", "numpy", "replib"} <= set(v)
+    hw = provenance.hardware(Experiment("03-layernorm", scale="smoke", device="cpu").device)
+    assert hw["device"] == "cpu" and hw["cpu_count"] >= 1
+
+
+def test_provenance_line_in_the_notebook():
+    line = Experiment("03-layernorm", scale="smoke", device="cpu", seeds=[4])._repr_markdown_()
+    for part in ("`smoke`", "`cpu`", "`[4]`", "torch"):
+        assert part in line
+
+
+def test_show_source_shows_the_running_code():
+    md = show_source(type(create_norm("rmsnorm", 4))).data
+    assert md.count("```") == 2 and "class RMSNorm" in md and "F.rms_norm" in md
+    assert "replib.nn.norms.RMSNorm" in md
+
+
+def test_mean_band_draws_mean_and_seed_range_ignoring_diverged_seeds():
+    fig, ax = plt.subplots()
+    runs = [[1.0, 2.0, 3.0], [3.0, 4.0, math.nan]]
+    mean_band(ax, [0, 1, 2], runs, "x")
+    (line,) = ax.get_lines()
+    np.testing.assert_allclose(line.get_ydata(), [2.0, 3.0, 3.0])
+    assert line.get_label() == "x (n=2)" and len(ax.collections) == 1
+    plt.close(fig)
+
+
+def test_seed_dots_marks_diverged_seeds():
+    fig, ax = plt.subplots()
+    seed_dots(ax, {"a": [1.0, 2.0], "b": [1.0, math.nan]}, ylabel="loss")
+    assert [t.get_text() for t in ax.texts] == ["1 diverged"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    plt.close(fig)
