@@ -7,9 +7,17 @@ import torch.nn.functional as F
 
 from replib.errors import ReplibError
 from replib.nn import GPTConfig, TinyGPT, create_norm
-from replib.nn.conversion import (EmbeddingZeroMean, LinearZeroMeanOutput, fold_norm_affine,
-                                  randomize_affine_, recenter_writers, residual_stream,
-                                  to_pre_crmsnorm, to_pre_rmsnorm, zero_mean_writers)
+from replib.nn.conversion import (
+    EmbeddingZeroMean,
+    LinearZeroMeanOutput,
+    fold_norm_affine,
+    randomize_affine_,
+    recenter_writers,
+    residual_stream,
+    to_pre_crmsnorm,
+    to_pre_rmsnorm,
+    zero_mean_writers,
+)
 
 D = torch.float64
 

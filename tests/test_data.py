@@ -4,8 +4,19 @@ import pytest
 import torch
 
 from replib import ReplibError
-from replib.data import (ByteTokenizer, CharTokenizer, REMOTES, fetch, lm_batches, lm_eval_windows,
-                         load_remote_text, load_tabular, minibatches, split_tokens, stdlib_corpus)
+from replib.data import (
+    REMOTES,
+    ByteTokenizer,
+    CharTokenizer,
+    fetch,
+    lm_batches,
+    lm_eval_windows,
+    load_remote_text,
+    load_tabular,
+    minibatches,
+    split_tokens,
+    stdlib_corpus,
+)
 from replib.data.download import Remote
 
 

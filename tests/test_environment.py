@@ -1,8 +1,8 @@
 """environment.yml mirrors pyproject's dependencies, so conda users get the same lower bounds."""
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

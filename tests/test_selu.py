@@ -8,10 +8,22 @@ import torch.nn.functional as F
 
 from replib.experiments.tabular import average_ranks, cv_splits
 from replib.nn import MLP
-from replib.nn.selu import (ALPHA_01, ALPHA_PRIME, LAMBDA_01, AlphaDropout, alpha_dropout,
-                            alpha_dropout_params, fixed_point, iterate_moment_map, moment_map,
-                            moment_map_jacobian, moment_map_quadrature, propagate_moments, selu,
-                            spectral_radius)
+from replib.nn.selu import (
+    ALPHA_01,
+    ALPHA_PRIME,
+    LAMBDA_01,
+    AlphaDropout,
+    alpha_dropout,
+    alpha_dropout_params,
+    fixed_point,
+    iterate_moment_map,
+    moment_map,
+    moment_map_jacobian,
+    moment_map_quadrature,
+    propagate_moments,
+    selu,
+    spectral_radius,
+)
 
 D64 = torch.float64
 

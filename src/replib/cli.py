@@ -71,7 +71,7 @@ def cmd_run(args) -> int:
 
 def cmd_list(args) -> int:
     from .book.chapters import book_root, toc_chapters
-    from .results import results_dir, read
+    from .results import read, results_dir
 
     root = book_root()
     print(f"{'chapter':<28} " + "  ".join(f"{s:<38}" for s in SCALES))

@@ -1,8 +1,15 @@
 """Data that is available offline (scikit-learn, the Python standard library) and checked downloaders."""
 from .download import REMOTES, fetch, load_remote_text
 from .tabular import Split, load_tabular, minibatches
-from .text import (ByteTokenizer, CharTokenizer, Corpus, lm_batches, lm_eval_windows, split_tokens,
-                   stdlib_corpus)
+from .text import (
+                   ByteTokenizer,
+                   CharTokenizer,
+                   Corpus,
+                   lm_batches,
+                   lm_eval_windows,
+                   split_tokens,
+                   stdlib_corpus,
+)
 
 __all__ = ["REMOTES", "ByteTokenizer", "CharTokenizer", "Corpus", "Split", "fetch",
            "lm_batches", "lm_eval_windows", "load_remote_text", "load_tabular", "minibatches",

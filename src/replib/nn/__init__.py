@@ -2,8 +2,8 @@
 from .cnn import TinyCNN
 from .mlp import MLP
 from .norms import create_norm, list_norms, register_norm
-from .selu import SELU, AlphaDropout
 from .recurrent import CharLSTM, LSTMClassifier, NormLSTM, NormLSTMCell
+from .selu import SELU, AlphaDropout
 from .transformer import GPTConfig, TinyGPT
 
 __all__ = ["CharLSTM", "LSTMClassifier", "NormLSTM", "NormLSTMCell", "TinyCNN",
