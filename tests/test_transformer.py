@@ -62,3 +62,63 @@ def _loss_history(seed):
 def test_same_seed_same_loss_history():
     assert _loss_history(1) == _loss_history(1)
     assert _loss_history(1) != _loss_history(2)
+
+
+@pytest.mark.parametrize("norm", list_norms())
+@pytest.mark.parametrize("placement, scaling", [("peri", False), ("mix", False), ("pre", True),
+                                                ("peri", True)])
+def test_new_placements_and_layer_scaling_train_a_step(norm, placement, scaling):
+    model = TinyGPT(GPTConfig(**{**SMALL, "n_layer": 4}, norm=norm, placement=placement,
+                              layer_scaling=scaling))
+    x = torch.randint(0, 32, (3, 12))
+    _, loss = model(x, x)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_peri_normalises_each_sublayer_output_before_the_residual_add():
+    model = TinyGPT(GPTConfig(**SMALL, placement="peri", norm="rmsnorm")).eval()
+    b = model.blocks[0]
+    h = torch.randn(2, 12, 16)
+    expected = h + b.norm1_out(b.attn(b.norm1(h)))
+    expected = expected + b.norm2_out(b.mlp(b.norm2(expected)))
+    torch.testing.assert_close(b(h), expected)
+    assert type(model.norm_f).__name__ == "RMSNorm"
+
+
+def test_mix_is_post_then_pre_and_keeps_a_final_norm():
+    cfg = GPTConfig(**{**SMALL, "n_layer": 8}, placement="mix")
+    assert [cfg.block_placement(i) for i in range(8)] == ["post"] * 2 + ["pre"] * 6
+    assert cfg.mix_alpha == 0.25 and cfg.final_norm
+    cfg = GPTConfig(**{**SMALL, "n_layer": 8}, placement="mix", mix_alpha=0.5)
+    assert [TinyGPT(cfg).blocks[i].placement for i in (3, 4)] == ["post", "pre"]
+
+
+def test_layer_scaling_multiplies_the_normalised_input_by_one_over_sqrt_l():
+    base = TinyGPT(GPTConfig(**{**SMALL, "n_layer": 3})).eval()
+    lns = TinyGPT(GPTConfig(**{**SMALL, "n_layer": 3}, layer_scaling=True)).eval()
+    lns.load_state_dict(base.state_dict())
+    assert [b.scale for b in lns.blocks] == [1.0, 1 / 2 ** 0.5, 1 / 3 ** 0.5]
+    h = torch.randn(2, 12, 16)
+    blk, ref = lns.blocks[2], base.blocks[2]
+    expected = h + ref.attn(ref.norm1(h) / 3 ** 0.5)
+    expected = expected + ref.mlp(ref.norm2(expected) / 3 ** 0.5)
+    torch.testing.assert_close(blk(h), expected)
+    torch.testing.assert_close(lns.blocks[0](h), base.blocks[0](h))  # l = 1: unchanged
+
+
+def test_invalid_combinations_are_clear_errors():
+    with pytest.raises(ReplibError, match="needs placement 'pre' or 'peri'"):
+        GPTConfig(placement="post", layer_scaling=True)
+    with pytest.raises(ReplibError, match="mix_alpha applies to placement 'mix' only"):
+        GPTConfig(placement="pre", mix_alpha=0.5)
+    with pytest.raises(ReplibError, match=r"\[0, 1\]"):
+        GPTConfig(placement="mix", mix_alpha=1.5)
+
+
+def test_init_options():
+    plain = TinyGPT(GPTConfig(**{**SMALL, "n_layer": 8}, scaled_init=False, embed_std=0.632))
+    assert abs(float(plain.blocks[0].attn.proj.weight.detach().std()) - 0.02) < 0.004
+    assert abs(float(plain.tok_emb.weight.detach().std()) - 0.632) < 0.1
+    scaled = TinyGPT(GPTConfig(**{**SMALL, "n_layer": 8}))
+    assert float(scaled.blocks[0].attn.proj.weight.detach().std()) < 0.01

@@ -9,6 +9,14 @@ Placements (``x`` is the residual stream, ``F`` a sub-layer, ``N`` a norm):
 
 - ``pre``:  :math:`x \\leftarrow x + F(N(x))`, and a final norm before the head (GPT-2).
 - ``post``: :math:`x \\leftarrow N(x + F(x))`, no final norm (the original Transformer).
+- ``peri``: :math:`x \\leftarrow x + N_{out}(F(N_{in}(x)))`: the output is normalised *before*
+  the residual add (Peri-LN, Kim et al. 2025, arXiv 2502.02732).
+- ``mix``:  Post-LN in the first :math:`\\lfloor \\alpha L \\rfloor` blocks, Pre-LN after
+  (Mix-LN, Li et al. 2024, arXiv 2412.13795; :math:`\\alpha = 0.25`).
+
+``layer_scaling`` (LayerNorm Scaling, Sun et al. 2025, arXiv 2502.05795) multiplies every
+sub-layer's normalised input in block :math:`\\ell = 1..L` by :math:`1/\\sqrt{\\ell}`; it composes
+with any norm type and with the ``pre`` and ``peri`` placements.
 
 ``d_attn`` and ``d_ff`` may differ from the residual width ``d_model``: a compressed (``d-1``)
 residual stream still attends in ``d`` dimensions (Pre-CRMSNorm, chapter 10).
@@ -25,7 +33,8 @@ from torch import nn
 from ..errors import ReplibError
 from .norms import create_norm
 
-PLACEMENTS = ("pre", "post")
+PLACEMENTS = ("pre", "post", "peri", "mix")
+MIX_ALPHA = 0.25  # Mix-LN's fraction of leading Post-LN blocks
 
 
 @dataclass
@@ -40,8 +49,13 @@ class GPTConfig:
     norm: str = "layernorm"
     norm_kwargs: dict = field(default_factory=dict)
     placement: str = "pre"
+    mix_alpha: float | None = None  # placement "mix" only; None: MIX_ALPHA
+    layer_scaling: bool = False  # LayerNorm Scaling: normalised sub-layer inputs x 1/sqrt(l)
+    final_norm: bool | None = None  # a norm before the head; None: every placement but "post"
     dropout: float = 0.0
     bias: bool = True
+    scaled_init: bool = True  # GPT-2: residual writers drawn with std 0.02/sqrt(2L)
+    embed_std: float = 0.02
 
     def __post_init__(self):
         self.d_attn = self.d_attn or self.d_model
@@ -50,6 +64,23 @@ class GPTConfig:
             raise ReplibError(f"unknown placement {self.placement!r}; valid: {', '.join(PLACEMENTS)}")
         if self.d_attn % self.n_head:
             raise ReplibError(f"d_attn={self.d_attn} is not divisible by n_head={self.n_head}")
+        if self.placement == "mix":
+            self.mix_alpha = MIX_ALPHA if self.mix_alpha is None else self.mix_alpha
+            if not 0.0 <= self.mix_alpha <= 1.0:
+                raise ReplibError(f"mix_alpha must lie in [0, 1], got {self.mix_alpha}")
+        elif self.mix_alpha is not None:
+            raise ReplibError(f"mix_alpha applies to placement 'mix' only, not {self.placement!r}")
+        if self.layer_scaling and self.placement not in ("pre", "peri"):
+            raise ReplibError("layer_scaling scales a sub-layer's normalised input: it needs "
+                              f"placement 'pre' or 'peri', not {self.placement!r}")
+        if self.final_norm is None:
+            self.final_norm = self.placement != "post"
+
+    def block_placement(self, index: int) -> str:
+        """The placement of block ``index`` (0-based): ``mix`` resolves to post, then pre."""
+        if self.placement != "mix":
+            return self.placement
+        return "post" if index < int(self.mix_alpha * self.n_layer) else "pre"
 
 
 class CausalSelfAttention(nn.Module):
@@ -80,21 +111,32 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, index: int = 0):
         super().__init__()
-        self.placement = cfg.placement
-        self.norm1 = create_norm(cfg.norm, cfg.d_model, **cfg.norm_kwargs)
+        self.placement = cfg.block_placement(index)
+        self.scale = 1.0 / math.sqrt(index + 1) if cfg.layer_scaling else 1.0
+        norm = lambda: create_norm(cfg.norm, cfg.d_model, **cfg.norm_kwargs)  # noqa: E731
+        self.norm1 = norm()
         self.attn = CausalSelfAttention(cfg)
-        self.norm2 = create_norm(cfg.norm, cfg.d_model, **cfg.norm_kwargs)
+        self.norm2 = norm()
         self.mlp = MLP(cfg)
+        if self.placement == "peri":
+            self.norm1_out, self.norm2_out = norm(), norm()
         self.drop = nn.Dropout(cfg.dropout)
 
+    def _sublayer(self, f: nn.Module, norm_in: nn.Module, norm_out: nn.Module | None,
+                  x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        h = norm_in(x, mask)
+        y = f(h * self.scale if self.scale != 1.0 else h)
+        return self.drop(norm_out(y, mask) if norm_out is not None else y)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.placement == "pre":
-            x = x + self.drop(self.attn(self.norm1(x, mask)))
-            return x + self.drop(self.mlp(self.norm2(x, mask)))
-        x = self.norm1(x + self.drop(self.attn(x)), mask)
-        return self.norm2(x + self.drop(self.mlp(x)), mask)
+        if self.placement == "post":
+            x = self.norm1(x + self.drop(self.attn(x)), mask)
+            return self.norm2(x + self.drop(self.mlp(x)), mask)
+        peri = self.placement == "peri"
+        x = x + self._sublayer(self.attn, self.norm1, self.norm1_out if peri else None, x, mask)
+        return x + self._sublayer(self.mlp, self.norm2, self.norm2_out if peri else None, x, mask)
 
 
 class TinyGPT(nn.Module):
@@ -104,14 +146,16 @@ class TinyGPT(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        final = cfg.norm if cfg.placement == "pre" else "identity"
-        self.norm_f = create_norm(final, cfg.d_model, **(cfg.norm_kwargs if final != "identity" else {}))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm_f = (create_norm(cfg.norm, cfg.d_model, **cfg.norm_kwargs) if cfg.final_norm
+                       else create_norm("identity", cfg.d_model))
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(self._init)
-        for name, p in self.named_parameters():  # GPT-2: residual writers scaled by depth
-            if name.endswith("proj.weight"):
+        for name, p in self.named_parameters():
+            if cfg.scaled_init and name.endswith("proj.weight"):  # GPT-2: writers scaled by depth
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+            elif name.endswith("emb.weight") and cfg.embed_std != 0.02:
+                nn.init.normal_(p, std=cfg.embed_std)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
