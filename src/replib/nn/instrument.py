@@ -78,7 +78,9 @@ def angular_distances(model: nn.Module, idx: torch.Tensor, last_token: bool = Tr
     for a, b in zip(hs[:-1], hs[1:]):
         if last_token:
             a, b = a[:, -1], b[:, -1]
-        cos = torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).clamp(-1, 1)
+        # float64 on the CPU: arccos near 1 needs the precision, and MPS has no float64
+        cos = torch.nn.functional.cosine_similarity(a.cpu().double(), b.cpu().double(), dim=-1)
+        cos = cos.clamp(-1, 1)
         out.append(float((torch.arccos(cos) / math.pi).mean()))
     return out
 
