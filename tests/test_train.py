@@ -37,3 +37,43 @@ def test_divergence_is_an_outcome_not_a_crash():
     assert h.diverged and h.diverged_at < 500
     assert not math.isfinite(h.loss[-1]) and len(h.loss) == h.diverged_at
     assert math.isnan(h.final("l"))
+
+
+def test_on_backward_sees_raw_gradients_before_clipping():
+    model, opt, batches, loss_fn = _setup(0.1)
+    seen = []
+    train(model, opt, batches, loss_fn, steps=3, grad_clip=1e-6, progress=False,
+          on_backward=lambda step, m: seen.append((step, float(m.weight.grad.norm()))))
+    assert [s for s, _ in seen] == [1, 2, 3] and all(g > 1e-3 for _, g in seen)
+
+
+def test_warmup_cosine_shape():
+    import pytest
+
+    from replib import ReplibError
+    from replib.train import warmup_cosine
+
+    f = warmup_cosine(100, warmup_frac=0.1, min_ratio=0.1)
+    assert [round(f(s), 6) for s in (0, 9)] == [0.1, 1.0]
+    assert f(10) == 1.0 and abs(f(55) - 0.55) < 1e-9 and abs(f(100) - 0.1) < 1e-12 and f(500) == f(100)
+    assert warmup_cosine(100, warmup_steps=10, min_ratio=0.1)(37) == f(37)
+    with pytest.raises(ReplibError):
+        warmup_cosine(100)
+
+
+def test_lm_loss_weights_chunks_by_tokens():
+    from replib.nn import GPTConfig, TinyGPT
+    from replib.train import lm_loss
+
+    model = TinyGPT(GPTConfig(vocab_size=16, seq_len=8, n_layer=1, n_head=1, d_model=8)).eval()
+    x = torch.randint(0, 16, (5, 8)); y = torch.randint(0, 16, (5, 8))
+    assert abs(lm_loss(model, x, y, chunk=2) - float(model(x, y)[1])) < 1e-6
+
+
+def test_torch_threads_restores():
+    from replib.runtime import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from .errors import ReplibError
+
 
 @dataclass
 class History:
@@ -55,13 +57,15 @@ def train(
     eval_every: int = 0,
     grad_clip: float | None = None,
     scheduler: Any = None,
+    on_backward: Callable[[int, torch.nn.Module], None] | None = None,
     desc: str = "train",
     progress: bool = True,
 ) -> History:
     """Run ``steps`` optimizer steps of ``loss_fn(model, next(batches))``.
 
     ``evaluate(model)`` runs in eval mode under ``no_grad`` every ``eval_every`` steps and after
-    the last one; its metrics land in ``History.evals``.
+    the last one; its metrics land in ``History.evals``. ``on_backward(step, model)`` runs after
+    every backward pass, before clipping and the optimizer step (to log raw gradients).
     """
     hist = History()
     t0 = time.perf_counter()
@@ -85,6 +89,8 @@ def train(
             break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if on_backward is not None:
+            on_backward(step, model)
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
@@ -99,3 +105,40 @@ def train(
         run_eval(steps)
     hist.seconds = time.perf_counter() - t0
     return hist
+
+
+def warmup_cosine(total_steps: int, *, warmup_steps: int | None = None,
+                  warmup_frac: float | None = None, min_ratio: float = 0.0) -> Callable[[int], float]:
+    r"""Learning-rate multiplier for ``torch.optim.lr_scheduler.LambdaLR``: linear warm-up, then
+    cosine decay from 1 to ``min_ratio`` at ``total_steps``.
+
+    .. math:: f(s) = \frac{s+1}{w}\ (s < w),\qquad
+              f(s) = r + (1-r)\,\tfrac12\big(1+\cos(\pi \min(1, \tfrac{s-w}{T-w}))\big)
+
+    Give the warm-up as ``warmup_steps`` or as ``warmup_frac`` of ``total_steps`` (rounded, >= 1).
+    """
+    if (warmup_steps is None) == (warmup_frac is None):
+        raise ReplibError("give exactly one of warmup_steps and warmup_frac")
+    warm = warmup_steps if warmup_steps is not None else max(1, int(round(warmup_frac * total_steps)))
+    if warm < 1 or total_steps < 1:
+        raise ReplibError(f"need total_steps >= 1 and warm-up >= 1 step, got {total_steps}, {warm}")
+
+    def factor(step: int) -> float:  # LambdaLR passes the number of scheduler steps taken so far
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@torch.no_grad()
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 64) -> float:
+    """Mean next-token cross-entropy of a ``TinyGPT``-like model (``model(x, y) -> (logits, loss)``)
+    over evaluation windows, in chunks of ``chunk`` windows, weighted by tokens."""
+    total, count = 0.0, 0
+    for i in range(0, x.shape[0], chunk):
+        xb, yb = x[i:i + chunk], y[i:i + chunk]
+        total += float(model(xb, yb)[1]) * yb.numel()
+        count += yb.numel()
+    return total / count
