@@ -120,8 +120,8 @@ def warmup_cosine(total_steps: int, *, warmup_steps: int | None = None,
     if (warmup_steps is None) == (warmup_frac is None):
         raise ReplibError("give exactly one of warmup_steps and warmup_frac")
     warm = warmup_steps if warmup_steps is not None else max(1, int(round(warmup_frac * total_steps)))
-    if warm < 1 or total_steps < 1:
-        raise ReplibError(f"need total_steps >= 1 and warm-up >= 1 step, got {total_steps}, {warm}")
+    if warm < 1 or total_steps < 0:
+        raise ReplibError(f"need total_steps >= 0 and warm-up >= 1 step, got {total_steps}, {warm}")
 
     def factor(step: int) -> float:  # LambdaLR passes the number of scheduler steps taken so far
         if step < warm:

@@ -1,0 +1,277 @@
+r"""Where the norm sits in a transformer block: instrumented TinyGPT training runs.
+
+Used by chapter 05 (Peri-LN, Kim et al. 2025, arXiv 2502.02732) and meant for reuse by chapter 25
+(Mix-LN, Li et al. 2024, arXiv 2412.13795). The API below is stable; extend it additively.
+
+One call of :func:`run_placement` trains one :class:`~replib.nn.TinyGPT` (any ``placement``, any
+extra :class:`~replib.nn.GPTConfig` option through ``model_kwargs``) as a byte-level language
+model with AdamW, linear warm-up then cosine decay, and gradient clipping, and logs every
+``log_every`` steps (and at the last step):
+
+- the validation loss (nats per byte) on fixed held-out windows;
+- the residual stream :math:`h_0..h_L` on a fixed probe batch: its per-token standard deviation
+  over features (mean over tokens), RMS and max :math:`|h|` per layer;
+- each block's gradient norm :math:`\lVert\nabla_{\theta_\ell}L\rVert_2` of that step's training
+  batch (before clipping).
+
+The training loss is kept at every step. A non-finite loss stops the run and is recorded
+(``diverged_at``), never raised. :func:`lr_sweep` loops over placements x learning rates x seeds.
+Outcome helpers: :func:`count_spikes`, :func:`is_divergent`, :func:`best_lr_range`,
+:func:`fit_r2`.
+
+Typical use::
+
+    data = lm_data(stdlib_corpus().text, seq_len=64, val_windows=32, device=device)
+    run = run_placement("peri", seed=0, lr=3e-3, data=data, n_layer=8, d_model=64, n_head=4,
+                        batch_size=16, steps=400, log_every=40, device=device)
+    run.final_val_bpb, run.residual_std[-1], run.grad_norms[-1]
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import ByteTokenizer, lm_batches, lm_eval_windows, split_tokens
+from ..nn import GPTConfig, TinyGPT, block_grad_norms, hidden_states
+from ..runtime import seed_everything, torch_threads
+from ..train import lm_loss, train, warmup_cosine
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class LMData:
+    """Byte tokens for training, fixed validation windows and a fixed probe batch."""
+
+    train: torch.Tensor  # 1-D token ids (CPU), sampled by random windows
+    val_x: torch.Tensor  # (n_val, seq_len) on the device
+    val_y: torch.Tensor
+    probe: torch.Tensor  # (n_probe, seq_len): where residual statistics are measured
+    seq_len: int
+
+
+def lm_data(text: str, seq_len: int, val_windows: int, probe_windows: int = 8,
+            val_fraction: float = 0.1, device: torch.device | str = "cpu") -> LMData:
+    """Byte-tokenise ``text``; the last ``val_fraction`` is held out for validation and probing."""
+    tokens = ByteTokenizer().encode(text)
+    train_tok, val_tok = split_tokens(tokens, val_fraction)
+    vx, vy = lm_eval_windows(val_tok, seq_len, val_windows, device)
+    return LMData(train_tok, vx, vy, vx[:probe_windows], seq_len)
+
+
+@dataclass
+class PlacementRun:
+    """Everything one training run logged. Lists indexed by log point share ``log_steps``."""
+
+    placement: str
+    seed: int
+    lr: float
+    steps: int
+    loss: list[float] = field(default_factory=list)  # training loss (nats/byte) every step
+    log_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)  # nats/byte at each log step
+    residual_std: list[list[float]] = field(default_factory=list)  # [log][L+1]
+    residual_rms: list[list[float]] = field(default_factory=list)  # [log][L+1]
+    residual_maxabs: list[list[float]] = field(default_factory=list)  # [log][L+1]
+    grad_norms: list[list[float]] = field(default_factory=list)  # [log][L], before clipping
+    diverged_at: int | None = None  # first step with a non-finite loss
+    seconds: float = 0.0
+    model: Any = field(default=None, repr=False)  # the trained model when keep_model=True
+
+    @property
+    def nan(self) -> bool:
+        return self.diverged_at is not None
+
+    @property
+    def initial_loss(self) -> float:
+        return self.loss[0] if self.loss else math.nan
+
+    @property
+    def final_val_loss(self) -> float:
+        """Validation loss after the last step (nats/byte); ``nan`` if the run hit a NaN."""
+        if self.nan or not self.val_loss or self.log_steps[-1] != self.steps:
+            return math.nan
+        return self.val_loss[-1]
+
+    @property
+    def final_val_bpb(self) -> float:
+        return self.final_val_loss / LN2
+
+    @property
+    def diverged(self) -> bool:
+        return is_divergent(self)
+
+    @property
+    def spikes(self) -> int:
+        return count_spikes(self.loss)
+
+    def at_fraction(self, frac: float) -> int:
+        """Index of the log point closest to ``frac`` of training (e.g. 0.1, 0.5, 1.0)."""
+        target = frac * self.steps
+        return int(np.argmin([abs(s - target) for s in self.log_steps]))
+
+    def summary(self) -> dict:
+        return {"placement": self.placement, "seed": self.seed, "lr": self.lr,
+                "final_val_bpb": self.final_val_bpb, "diverged": self.diverged,
+                "nan_at": self.diverged_at, "spikes": self.spikes, "seconds": self.seconds}
+
+
+def count_spikes(loss: Sequence[float], threshold: float = 0.5) -> int:
+    """Steps whose loss lies more than ``threshold`` above the running minimum so far.
+
+    Non-finite losses are not counted here (a NaN run is a divergence, see :func:`is_divergent`).
+    """
+    best, n = math.inf, 0
+    for v in loss:
+        if not math.isfinite(v):
+            break
+        if v > best + threshold:
+            n += 1
+        best = min(best, v)
+    return n
+
+
+def is_divergent(run: PlacementRun, margin: float = 0.1) -> bool:
+    """A NaN/inf loss, or a final validation loss above the first training loss minus ``margin``."""
+    final = run.final_val_loss
+    return not math.isfinite(final) or final > run.initial_loss - margin
+
+
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+               betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices and embeddings only, not on gains and biases."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=betas)
+
+
+@torch.no_grad()
+def _residual_stats(model: TinyGPT, probe: torch.Tensor) -> tuple[list, list, list]:
+    hs = hidden_states(model, probe)
+    std = [float(h.float().var(-1, unbiased=False).mean().sqrt()) for h in hs]
+    rms = [float(h.float().pow(2).mean().sqrt()) for h in hs]
+    mx = [float(h.float().abs().max()) for h in hs]
+    return std, rms, mx
+
+
+def val_loss(model: TinyGPT, data: LMData) -> float:
+    """Mean next-byte cross-entropy (nats) on the fixed validation windows."""
+    return lm_loss(model, data.val_x, data.val_y)
+
+
+def run_placement(placement: str, seed: int, lr: float, data: LMData, *, n_layer: int,
+                  d_model: int, n_head: int, batch_size: int, steps: int, log_every: int,
+                  norm: str = "rmsnorm", warmup_frac: float = 0.05, weight_decay: float = 0.1,
+                  betas: tuple[float, float] = (0.9, 0.95), grad_clip: float | None = 1.0,
+                  model_kwargs: dict | None = None, device: torch.device | str = "cpu",
+                  keep_model: bool = False, progress: bool = False,
+                  threads: int | None = 1) -> PlacementRun:
+    """Train one TinyGPT with ``placement`` for ``steps`` steps and log its instrumentation.
+
+    ``model_kwargs`` go to :class:`~replib.nn.GPTConfig` unchanged (e.g. ``mix_alpha``,
+    ``layer_scaling``, ``scaled_init``). The same ``seed`` gives the same initial weights for
+    placements with the same parameter shapes, and always the same batches.
+
+    ``threads``: on a CPU device, torch's intra-op threads during the run (restored afterwards).
+    Models this small run fastest on one thread, and far slower with two on a busy machine;
+    ``None`` leaves torch's setting alone.
+    """
+    with torch_threads(threads if torch.device(device).type == "cpu" else None):
+        gen = seed_everything(seed)
+        cfg = GPTConfig(vocab_size=256, seq_len=data.seq_len, n_layer=n_layer, n_head=n_head,
+                        d_model=d_model, norm=norm, placement=placement, **(model_kwargs or {}))
+        model = TinyGPT(cfg).to(device)
+        opt = _optimizer(model, lr, weight_decay, betas)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup_frac=warmup_frac))
+        run = PlacementRun(placement, seed, lr, steps)
+
+        def on_backward(step: int, m: TinyGPT) -> None:  # raw gradients, before clipping
+            if step % log_every == 0 or step == steps:
+                run.log_steps.append(step)
+                run.grad_norms.append(block_grad_norms(m))
+
+        def evaluate(m: TinyGPT) -> dict[str, float]:  # runs after the same steps
+            for field_, values in zip(("residual_std", "residual_rms", "residual_maxabs"),
+                                      _residual_stats(m, data.probe)):
+                getattr(run, field_).append(values)
+            run.val_loss.append(val_loss(m, data))
+            return {"val_loss": run.val_loss[-1]}
+
+        hist = train(model, opt, lm_batches(data.train, batch_size, data.seq_len, gen, device),
+                     lambda m, b: m(*b)[1], steps, evaluate=evaluate, eval_every=log_every,
+                     grad_clip=grad_clip, scheduler=sched, on_backward=on_backward,
+                     desc=f"{placement} lr={lr:g} s{seed}", progress=progress)
+    run.loss, run.diverged_at, run.seconds = hist.loss, hist.diverged_at, hist.seconds
+    if keep_model:
+        run.model = model
+    return run
+
+
+def lr_sweep(placements: Iterable[str], lrs: Iterable[float], seeds: Iterable[int], data: LMData,
+             progress: bool = True, **kw) -> list[PlacementRun]:
+    """:func:`run_placement` for every placement x learning rate x seed (``kw`` passed on)."""
+    grid = [(p, lr, s) for p in placements for lr in lrs for s in seeds]
+    return [run_placement(p, s, lr, data, **kw)
+            for p, lr, s in tqdm(grid, desc="runs", disable=not progress)]
+
+
+def select(runs: Iterable[PlacementRun], **where) -> list[PlacementRun]:
+    """The runs whose attributes equal ``where`` (e.g. ``placement="peri", lr=3e-3``), in order."""
+    return [r for r in runs if all(getattr(r, k) == v for k, v in where.items())]
+
+
+def best_lr_range(runs: Sequence[PlacementRun], tol_bpb: float = 0.1) -> list[float]:
+    """Learning rates whose seeds all converged (no divergence) with mean final validation
+    bits/byte within ``tol_bpb`` of the best such mean among ``runs`` (one placement's grid)."""
+    means = {}
+    for lr in sorted({r.lr for r in runs}):
+        rs = [r for r in runs if r.lr == lr]
+        if not any(r.diverged for r in rs):
+            means[lr] = float(np.mean([r.final_val_bpb for r in rs]))
+    if not means:
+        return []
+    best = min(means.values())
+    return [lr for lr, m in means.items() if m <= best + tol_bpb]
+
+
+def fit_r2(y: Sequence[float], kind: str = "linear") -> float:
+    """R² of fitting ``y`` against depth ``1..n``: ``linear`` (a + b l) or ``exp`` (a e^{b l},
+    fitted in log space, R² measured in the original space so the two are comparable)."""
+    y = np.asarray(y, dtype=float)
+    x = np.arange(1, len(y) + 1, dtype=float)
+    if kind == "linear":
+        pred = np.polyval(np.polyfit(x, y, 1), x)
+    elif kind == "exp":
+        pred = np.exp(np.polyval(np.polyfit(x, np.log(y), 1), x))
+    else:
+        raise ValueError(f"kind must be 'linear' or 'exp', not {kind!r}")
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    return 1.0 - float(((y - pred) ** 2).sum()) / ss_tot if ss_tot > 0 else 1.0
+
+
+def coefficient_of_variation(values: Sequence[float]) -> float:
+    """std / mean (population std) of per-layer values."""
+    v = np.asarray(values, dtype=float)
+    return float(v.std() / v.mean())
+
+
+def count_norms(model: torch.nn.Module) -> int:
+    """Number of norm layers (modules with a gain ``weight`` and no matrix), identity excluded."""
+    from ..nn import norms as _norms  # noqa: F401  (registry classes)
+    n = 0
+    for m in model.modules():
+        name = type(m).__name__.lower()
+        if "norm" in name and "identity" not in name and not list(m.children()):
+            n += 1
+    return n
+
+
+__all__ = ["LMData", "PlacementRun", "best_lr_range", "coefficient_of_variation", "count_norms",
+           "count_spikes", "fit_r2", "is_divergent", "lm_data", "lr_sweep", "run_placement",
+           "select", "val_loss"]
