@@ -42,6 +42,7 @@ class Experiment:
         self.claims: dict[str, Claim] = {}
         self.data: dict[str, dict] = {}
         self.started_at = datetime.now(timezone.utc)
+        self.git = provenance.git_commit()  # the code that runs is the code at the start
         self._t0 = time.perf_counter()
 
     def __repr__(self) -> str:
@@ -51,8 +52,7 @@ class Experiment:
     def _repr_markdown_(self) -> str:
         """The run's provenance as one line at the top of the executed chapter."""
         hw = provenance.hardware(self.device)
-        git = provenance.git_commit()
-        commit = (git["commit"] or "unknown")[:10] + (" (modified)" if git["dirty"] else "")
+        commit = (self.git["commit"] or "unknown")[:10] + (" (modified)" if self.git["dirty"] else "")
         versions = provenance.library_versions()
         return (f"**scale** `{self.scale.name}` · **device** `{self.device}` "
                 f"({hw.get('gpu') or hw['cpu']}, {hw['torch_threads']} threads) · "
@@ -85,7 +85,7 @@ class Experiment:
             "chapter": self.chapter, "paper": self.paper, "scale": self.scale.name,
             "seeds": self.seeds, "device": str(self.device),
             "hardware": provenance.hardware(self.device), "versions": provenance.library_versions(),
-            "git": provenance.git_commit(), "data": self.data,
+            "git": self.git, "data": self.data,
             "started_at": self.started_at.isoformat(timespec="seconds"),
             "wall_time_s": round(time.perf_counter() - self._t0, 2),
             "claims": [c.to_json() for c in self.claims.values()],
