@@ -188,3 +188,20 @@ def test_jacobian_fro_of_linear_map():
     lin = torch.nn.Linear(6, 3).double()
     x = torch.randn(4, 6, dtype=D64)
     assert R.jacobian_fro(lin, x) == pytest.approx(lin.weight.norm().item(), rel=1e-12)
+
+
+def test_growth_profile_and_the_explorer_widget():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from replib.experiments import residual as R
+
+    plain = R.growth_profile(32, 16, "none", n_samples=64)
+    scaled = R.growth_profile(32, 16, "1/n", n_samples=64)
+    assert plain.shape == (17,) and plain[0] == 0.0
+    assert plain[-1] > 2.0 > scaled[-1] > 0.0  # lambda=1 explodes, 1/n stays near (1+1/n)^n
+    assert (R.growth_profile(32, 16, "1/n", n_samples=64) == scaled).all()  # seeded
+    ui = R.growth_explorer(width=16, max_depth=32, n_samples=16)
+    assert [c.description for c in ui.children[:3]] == ["depth n", "scaling", "Pre-LN"]
+    ui.children[1].value = "1/n"  # changing a control re-runs the plot without error
+    assert ui.kwargs["scaling"] == "1/n"

@@ -92,3 +92,42 @@ def train_residual(split: Split, arm: Mapping, n: int, seed: int, *, width: int,
     test_acc, train_acc = accuracy(model, s.x_test, s.y_test), accuracy(model, s.x_train, s.y_train)
     return dict(test_acc=test_acc, train_acc=train_acc, jac=jacobian_fro(model, s.x_test),
                 diverged=0.0, final_loss=float(np.mean(hist.loss[-per_epoch:])))
+
+
+SCALINGS = ("none", "1/sqrt(n)", "1/n")
+
+
+@torch.no_grad()
+def growth_profile(width: int, depth: int, scaling: str, *, n_samples: int = 256, seed: int = 0,
+                   norm: str | None = None) -> np.ndarray:
+    """``log10`` of the mean ratio ``||x_k|| / ||x_0||`` after each module ``k = 0..depth`` of one
+    random tower (He-init ReLU-MLP branches, no biases, inputs ``x ~ N(0, I)``)."""
+    gen = seed_everything(seed)
+    x = torch.randn(n_samples, width, generator=gen)
+    kw = dict(norm=norm, norm_at="pre") if norm else {}
+    logs = ResidualTower(width, depth, branch="mlp", bias=False, scaling=scaling, **kw).log_growth(x)
+    m = logs.max(dim=1, keepdim=True).values  # log of the mean ratio, computed stably
+    return ((m + torch.log(torch.exp(logs - m).mean(1, keepdim=True))).squeeze(1) / math.log(10)).numpy()
+
+
+def growth_explorer(width: int = 64, max_depth: int = 256, n_samples: int = 256):
+    """An ipywidgets control for readers in Jupyter/Colab: pick the depth and the branch scaling
+    and see the output norm grow module by module (the chapter's static figure shows the sweep)."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    def show(depth: int = 64, scaling: str = "1/sqrt(n)", pre_ln: bool = False) -> None:
+        prof = growth_profile(width, depth, scaling, n_samples=n_samples,
+                              norm="layernorm" if pre_ln else None)
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.plot(range(depth + 1), prof, marker="." if depth <= 64 else None)
+        ax.set_xlabel("module k")
+        ax.set_ylabel("log10 ||x_k|| / ||x_0||")
+        ax.set_title(f"depth {depth}, lambda = {'1' if scaling == 'none' else scaling}"
+                     + (", Pre-LN" if pre_ln else ""))
+        plt.show()
+
+    return widgets.interactive(
+        show, depth=widgets.IntSlider(value=64, min=1, max=max_depth, description="depth n"),
+        scaling=widgets.Dropdown(options=SCALINGS, value="1/sqrt(n)", description="scaling"),
+        pre_ln=widgets.Checkbox(value=False, description="Pre-LN"))
