@@ -4,8 +4,16 @@ import pytest
 import torch
 
 from replib import ReplibError
-from replib.nn import (GPTConfig, TinyGPT, angular_distances, block_grad_norms, hidden_states,
-                       layer_drop_deltas, residual_stats, skip_block)
+from replib.nn import (
+    GPTConfig,
+    TinyGPT,
+    angular_distances,
+    block_grad_norms,
+    hidden_states,
+    layer_drop_deltas,
+    residual_stats,
+    skip_block,
+)
 
 CFG = dict(vocab_size=32, seq_len=12, n_layer=3, n_head=2, d_model=16)
 
