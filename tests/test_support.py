@@ -60,3 +60,29 @@ def test_seed_dots_marks_diverged_seeds():
     assert [t.get_text() for t in ax.texts] == ["1 diverged"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
     plt.close(fig)
+
+
+def test_dirty_means_modified_code_not_written_results(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    root = Path(provenance.__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        import pytest
+        pytest.skip("needs the git checkout")
+    repo = tmp_path / "repo"
+    shutil.copytree(root / "src", repo / "src")
+    (repo / "results").mkdir()
+    (repo / "results" / "x.json").write_text("{}")
+    run = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True)  # noqa: E731
+    run("init", "-q"); run("add", "-A")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    here = repo / "src" / "replib" / "provenance.py"
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("prov_copy", here)
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    assert mod.git_commit()["dirty"] is False
+    (repo / "results" / "x.json").write_text('{"new": 1}')
+    assert mod.git_commit()["dirty"] is False  # a written result is not a code change
+    here.write_text(here.read_text() + "\n# edit\n")
+    assert mod.git_commit()["dirty"] is True

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+CODE_PATHS = ("src", "notebooks", "pyproject.toml")  # what a modified checkout means for a result
 LIBRARIES = ("replib", "torch", "numpy", "scikit-learn", "matplotlib", "seaborn", "papermill")
 
 
@@ -61,8 +62,9 @@ def git_commit() -> dict[str, object]:
             ["git", "-C", str(here), "rev-parse", "HEAD"],
             capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(  # only the code that runs counts, not the results it writes
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--",
+             *(f":(top){p}" for p in CODE_PATHS)],
             capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()
         return {"commit": commit, "dirty": bool(dirty), "source": "git"}
