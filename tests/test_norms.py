@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from replib import ReplibError
 from replib.nn import create_norm, list_norms
+from replib.nn.norms import exact_grad_kwargs
 
 D = 6
 
@@ -25,7 +26,7 @@ def test_shape_and_finite(name):
 
 @pytest.mark.parametrize("name", list_norms())
 def test_gradcheck_float64(name):
-    norm = create_norm(name, D).double()
+    norm = create_norm(name, D, **exact_grad_kwargs(name)).double()
     with torch.no_grad():
         for p in norm.parameters():
             p.add_(torch.randn_like(p) * 0.1)

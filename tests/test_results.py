@@ -64,3 +64,19 @@ def test_nothing_to_save(tmp_path):
 def test_bad_chapter_id():
     with pytest.raises(ReplibError, match="NN-slug"):
         Experiment("selu", scale="smoke")
+
+
+def test_measurements_round_trip_and_are_validated(tmp_path):
+    from replib import Experiment
+    from replib.results import read
+
+    exp = Experiment("90-all-norms", scale="smoke", device="cpu")
+    with pytest.raises(ReplibError, match="nothing to save"):
+        exp.save(tmp_path)
+    exp.measure("final-loss", "validation loss after training", {"layernorm": [1.5, None]}, unit="nats")
+    rec = read(exp.save(tmp_path))
+    m = rec["measurements"][0]
+    assert m["metrics"]["layernorm"] == [1.5, None]
+    assert m["summary"]["layernorm"]["n_diverged"] == 1 and m["summary"]["layernorm"]["mean"] == 1.5
+    with pytest.raises(ReplibError, match="no metrics"):
+        exp.measure("empty", "nothing", {})

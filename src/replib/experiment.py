@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from . import provenance
-from .claims import Claim
+from .claims import Claim, Stat
 from .errors import ReplibError
 from .results import results_dir, write
 from .runtime import resolve_device
@@ -40,6 +40,7 @@ class Experiment:
         self.device = resolve_device(device)
         self.seeds = resolve_seeds(scale, seeds)
         self.claims: dict[str, Claim] = {}
+        self.measurements: dict[str, dict] = {}
         self.data: dict[str, dict] = {}
         self.started_at = datetime.now(timezone.utc)
         self.git = provenance.git_commit()  # the code that runs is the code at the start
@@ -73,6 +74,22 @@ class Experiment:
         self.claims[claim.id] = claim
         return claim
 
+    def measure(self, name: str, description: str, metrics: Mapping[str, Sequence[float | None]],
+                unit: str = "") -> dict:
+        """Record numbers that answer no paper claim (a benchmark's), per seed, with a summary.
+
+        ``metrics`` maps a label (say a norm's name) to its per-seed values; None is a divergence.
+        """
+        if not metrics:
+            raise ReplibError(f"measurement {name!r} has no metrics")
+        stats = {k: Stat.of(v) for k, v in metrics.items()}
+        entry = {"name": name, "description": description, "unit": unit,
+                 "metrics": {k: [None if v is None else float(v) for v in vals]
+                             for k, vals in metrics.items()},
+                 "summary": {k: st.summary() for k, st in stats.items()}}
+        self.measurements[name] = entry
+        return entry
+
     def verdict_table(self) -> pd.DataFrame:
         rows = [{"claim": c.id + (" (analog)" if c.analog else ""), "paper": c.paper,
                  "ours": c.ours, "rule": c.rule, "verdict": c.verdict.value,
@@ -89,15 +106,16 @@ class Experiment:
             "started_at": self.started_at.isoformat(timespec="seconds"),
             "wall_time_s": round(time.perf_counter() - self._t0, 2),
             "claims": [c.to_json() for c in self.claims.values()],
+            "measurements": list(self.measurements.values()),
         }
 
     def save(self, directory: Path | None = None) -> Path:
         """Write ``results/<scale>/<chapter>.json`` and say where, with the run's wall time."""
-        if not self.claims:
-            raise ReplibError(f"{self.chapter}: no claims recorded; nothing to save")
+        if not self.claims and not self.measurements:
+            raise ReplibError(f"{self.chapter}: no claims or measurements recorded; nothing to save")
         record = self.to_json()
         base = directory or results_dir()
         path = write(record, base / self.scale.name / f"{self.chapter}.json")
-        print(f"{len(self.claims)} claims recorded in {path.name} "
+        print(f"{len(self.claims)} claims, {len(self.measurements)} measurements recorded in {path.name} "
               f"(wall time {record['wall_time_s']:.0f} s at scale {self.scale.name})")
         return path

@@ -56,6 +56,19 @@ SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "measurements": {  # optional: a benchmark's numbers that answer no paper claim
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "description", "unit", "metrics", "summary"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "metrics": {"type": "object",
+                                "additionalProperties": {"type": "array", "items": _number_or_null}},
+                    "summary": {"type": "object"},
+                },
+            },
+        },
     },
 }
 

@@ -17,16 +17,32 @@ from torch import nn
 from ..errors import ReplibError
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
+_EXACT_GRAD: dict[str, dict] = {}
 
 
-def register_norm(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+def register_norm(name: str, *, exact_grad: dict | None = None
+                  ) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Register a norm class under ``name``.
+
+    ``exact_grad``: for a norm whose default backward is an approximation by design (PowerNorm,
+    Unified Normalization), the keyword arguments that build it with the exact autograd backward.
+    The common float64 gradcheck uses them; the module's own tests check the approximation.
+    """
     def add(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY:
             raise ReplibError(f"norm {name!r} is already registered")
         _REGISTRY[name] = cls
+        _EXACT_GRAD[name] = dict(exact_grad or {})
         return cls
 
     return add
+
+
+def exact_grad_kwargs(name: str) -> dict:
+    """Keyword arguments that give ``name`` an exact backward (empty: its default is exact)."""
+    if name not in _REGISTRY:
+        raise ReplibError(f"unknown norm {name!r}; valid: {', '.join(list_norms())}")
+    return dict(_EXACT_GRAD[name])
 
 
 def list_norms() -> list[str]:
