@@ -31,6 +31,7 @@ def book(tmp_path, monkeypatch):
     shutil.copy(ROOT / "_config.yml", tmp_path)
     (tmp_path / "book").mkdir()
     shutil.copy(ROOT / "book" / "references.bib", tmp_path / "book")
+    shutil.copytree(ROOT / "book" / "_static", tmp_path / "book" / "_static")
     (tmp_path / "book" / "intro.md").write_text("# Fixture\n\n```{tableofcontents}\n```\n")
     (tmp_path / "_toc.yml").write_text(
         "format: jb-book\nroot: book/intro\nchapters:\n"
@@ -81,7 +82,7 @@ def test_run_one_chapter_from_the_command_line(book, capsys):
 def test_a_chapter_over_its_budget_fails_the_build_only_when_asked(book, monkeypatch, capsys):
     (book / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n"
                                    "  - file: notebooks/01-good\n")
-    monkeypatch.setattr("replib.book.build.build_html", lambda root, stage: 0)
+    monkeypatch.setattr("replib.book.build.build_html", lambda *a: 0)
     monkeypatch.setitem(SCALES, "smoke", replace(SCALES["smoke"], budget_s=0.01))
     assert main(["book", "--scale", "smoke"]) == 0
     assert main(["book", "--scale", "smoke", "--fail-over-budget", "--force"]) == 1
@@ -96,3 +97,5 @@ def test_site_builds_with_a_failed_chapter(book, capsys):
     assert "failed" in (html / "notebooks" / "02-bad.html").read_text()
     assert ("colab.research.google.com/github/normalization-replicated/normalization-replicated/"
             "blob/main/notebooks/01-good.ipynb") in (html / "notebooks" / "01-good.html").read_text()
+    good = (html / "notebooks" / "01-good.html").read_text()
+    assert "replib-header" in good and "pipeline check only" in good  # the generated badge line

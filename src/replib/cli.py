@@ -113,7 +113,7 @@ def cmd_book(args) -> int:
     outcomes = execute_many(root, chapters, params, jobs=args.jobs, force=args.force,
                             on_done=_print_outcome)
     print("rendering the site with jupyter-book ...", flush=True)
-    html_rc = build_html(root, stage_dir(root, args.scale))
+    html_rc = build_html(root, stage_dir(root, args.scale), args.scale, chapters)
 
     print(f"\n{'chapter':<28} {'status':<9} {'seconds':>8} {'budget':>7}")
     over = []

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 from ..errors import ReplibError
+from ..results import results_dir
+from .chapters import Chapter
+from .pages import write_generated
 
 STATIC = ("_config.yml", "_toc.yml", "book")
 
@@ -32,9 +35,11 @@ def jupyter_book() -> str:
     return found
 
 
-def build_html(root: Path, stage: Path) -> int:
-    """``jupyter-book build`` the staged tree into ``<root>/_build/html``; warnings are errors."""
+def build_html(root: Path, stage: Path, scale: str, chapters: list[Chapter]) -> int:
+    """Generate the scoreboard, status page and chapter headers into the staged tree, then
+    ``jupyter-book build`` it into ``<root>/_build/html``; warnings are errors."""
     stage_static(root, stage)
+    write_generated(root, stage, chapters, scale, results_dir())
     cmd = [jupyter_book(), "build", str(stage), "--path-output", str(root),
            "--all", "-W", "-n", "--keep-going", "-q"]
     return subprocess.run(cmd).returncode

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -22,6 +23,7 @@ from typing import Callable, Iterable
 
 import nbformat
 
+from ..results import results_dir
 from .chapters import Chapter
 
 KERNEL = "python3"
@@ -68,6 +70,11 @@ def _record_path(stage: Path, chapter: Chapter) -> Path:
     return stage / ".cache" / f"{chapter.id}.json"
 
 
+def result_snapshot(stage: Path, chapter: Chapter) -> Path:
+    """The results file the staged page's own execution wrote (its header is made from it)."""
+    return stage / ".cache" / f"{chapter.id}.result.json"
+
+
 def last_outcome(stage: Path, chapter: Chapter) -> Outcome | None:
     path = _record_path(stage, chapter)
     try:
@@ -102,6 +109,10 @@ def execute(root: Path, chapter: Chapter, parameters: dict, *, force: bool = Fal
         return Outcome(chapter.id, "cached", previous.seconds, parameters, None,
                        previous.finished_at, key)
     output.parent.mkdir(parents=True, exist_ok=True)
+    snapshot = result_snapshot(stage, chapter)
+    snapshot.unlink(missing_ok=True)
+    written = results_dir() / parameters["scale"] / f"{chapter.id}.json"
+    started = time.time()
     t0 = time.perf_counter()
     error = None
     try:
@@ -116,6 +127,9 @@ def execute(root: Path, chapter: Chapter, parameters: dict, *, force: bool = Fal
     seconds = round(time.perf_counter() - t0, 1)
     if error:
         _mark_failed(output, root / chapter.path, parameters["scale"], error)
+    elif written.exists() and written.stat().st_mtime >= started:
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(written, snapshot)
     outcome = Outcome(chapter.id, "failed" if error else "executed", seconds, parameters, error,
                       datetime.now(timezone.utc).isoformat(timespec="seconds"), key)
     record = _record_path(stage, chapter)

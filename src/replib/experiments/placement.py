@@ -275,3 +275,34 @@ def count_norms(model: torch.nn.Module) -> int:
 __all__ = ["LMData", "PlacementRun", "best_lr_range", "coefficient_of_variation", "count_norms",
            "count_spikes", "fit_r2", "is_divergent", "lm_data", "lr_sweep", "run_placement",
            "select", "val_loss"]
+
+
+def lr_stability_explorer(data: LMData, *, n_layer: int = 6, d_model: int = 64, n_head: int = 4,
+                          batch_size: int = 16, steps: int = 200, device: torch.device | str = "cpu"):
+    """An ipywidgets control for readers in Jupyter/Colab: choose placements and a learning rate,
+    press *Run*, and see the training-loss curves side by side (a diverged run stops where its
+    loss became non-finite). The chapter's static learning-rate sweep is the figure of record."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    def show(placements=("pre", "peri", "post"), log10_lr: float = -2.5, seed: int = 0) -> None:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for p in placements:
+            run = run_placement(p, seed, 10 ** log10_lr, data, n_layer=n_layer, d_model=d_model,
+                                n_head=n_head, batch_size=batch_size, steps=steps,
+                                log_every=max(1, steps // 4), device=device)
+            label = p + (f" (diverged at step {run.diverged_at})" if run.diverged else "")
+            ax.plot(range(1, len(run.loss) + 1), run.loss, label=label)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("training loss (nats/byte)")
+        ax.set_title(f"lr = {10 ** log10_lr:.2g}, {n_layer} layers, d = {d_model}")
+        ax.legend(fontsize=8)
+        plt.show()
+
+    return widgets.interactive(
+        show, {"manual": True, "manual_name": "Run"},
+        placements=widgets.SelectMultiple(options=["pre", "peri", "post", "mix"],
+                                          value=("pre", "peri", "post"), description="placement"),
+        log10_lr=widgets.FloatSlider(value=-2.5, min=-4.0, max=-0.5, step=0.25,
+                                     description="log10 lr"),
+        seed=widgets.IntSlider(value=0, min=0, max=4, description="seed"))
