@@ -73,10 +73,13 @@ def test_measurements_round_trip_and_are_validated(tmp_path):
     exp = Experiment("90-all-norms", scale="smoke", device="cpu")
     with pytest.raises(ReplibError, match="nothing to save"):
         exp.save(tmp_path)
-    exp.measure("final-loss", "validation loss after training", {"layernorm": [1.5, None]}, unit="nats")
+    exp.measure("final-loss", "validation loss after training", {"layernorm": [1.5, None],
+                                                                  "identity": [float("nan"), float("inf")]},
+                unit="nats")
     rec = read(exp.save(tmp_path))
     m = rec["measurements"][0]
     assert m["metrics"]["layernorm"] == [1.5, None]
     assert m["summary"]["layernorm"]["n_diverged"] == 1 and m["summary"]["layernorm"]["mean"] == 1.5
+    assert m["metrics"]["identity"] == [None, None] and m["summary"]["identity"]["n_diverged"] == 2
     with pytest.raises(ReplibError, match="no metrics"):
         exp.measure("empty", "nothing", {})

@@ -10,6 +10,7 @@ its scale, device and seeds comes from here, and everything it concludes goes ba
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import datetime, timezone
@@ -78,14 +79,15 @@ class Experiment:
                 unit: str = "") -> dict:
         """Record numbers that answer no paper claim (a benchmark's), per seed, with a summary.
 
-        ``metrics`` maps a label (say a norm's name) to its per-seed values; None is a divergence.
+        ``metrics`` maps a label (say a norm's name) to its per-seed values; None, NaN and inf are
+        stored as None (a divergence), as in claims.
         """
         if not metrics:
             raise ReplibError(f"measurement {name!r} has no metrics")
         stats = {k: Stat.of(v) for k, v in metrics.items()}
         entry = {"name": name, "description": description, "unit": unit,
-                 "metrics": {k: [None if v is None else float(v) for v in vals]
-                             for k, vals in metrics.items()},
+                 "metrics": {k: [None if v is None or not math.isfinite(float(v)) else float(v)
+                                 for v in vals] for k, vals in metrics.items()},
                  "summary": {k: st.summary() for k, st in stats.items()}}
         self.measurements[name] = entry
         return entry
