@@ -142,3 +142,13 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int
         total += float(model(xb, yb)[1]) * yb.numel()
         count += yb.numel()
     return total / count
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.1,
+          betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only, not on gains, biases or scalars
+    (the GPT-2/nanoGPT convention every chapter's trainer follows)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=betas)

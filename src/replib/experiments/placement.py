@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..data import ByteTokenizer, lm_batches, lm_eval_windows, split_tokens
 from ..nn import GPTConfig, TinyGPT, block_grad_norms, hidden_states
 from ..runtime import seed_everything, torch_threads
-from ..train import lm_loss, train, warmup_cosine
+from ..train import adamw, lm_loss, train, warmup_cosine
 
 LN2 = math.log(2.0)
 
@@ -142,15 +142,6 @@ def is_divergent(run: PlacementRun, margin: float = 0.1) -> bool:
     return not math.isfinite(final) or final > run.initial_loss - margin
 
 
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
-               betas: tuple[float, float]) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices and embeddings only, not on gains and biases."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=betas)
-
-
 @torch.no_grad()
 def _residual_stats(model: TinyGPT, probe: torch.Tensor) -> tuple[list, list, list]:
     hs = hidden_states(model, probe)
@@ -187,7 +178,7 @@ def run_placement(placement: str, seed: int, lr: float, data: LMData, *, n_layer
         cfg = GPTConfig(vocab_size=256, seq_len=data.seq_len, n_layer=n_layer, n_head=n_head,
                         d_model=d_model, norm=norm, placement=placement, **(model_kwargs or {}))
         model = TinyGPT(cfg).to(device)
-        opt = _optimizer(model, lr, weight_decay, betas)
+        opt = adamw(model, lr, weight_decay, betas)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup_frac=warmup_frac))
         run = PlacementRun(placement, seed, lr, steps)
 

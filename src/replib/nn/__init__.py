@@ -7,8 +7,12 @@ from .norms import create_norm, list_norms, register_norm
 from .recurrent import CharLSTM, LSTMClassifier, NormLSTM, NormLSTMCell
 from .selu import SELU, AlphaDropout
 from .transformer import GPTConfig, TinyGPT
+from .vit import TinyViT
+
+# Modules that add norms to the registry on import (one module per paper).
+from . import bhyt, powernorm, seednorm, unified  # noqa: E402,F401  isort: skip
 
 __all__ = ["CharLSTM", "LSTMClassifier", "NormLSTM", "NormLSTMCell", "TinyCNN",
            "MLP", "GPTConfig", "TinyGPT", "create_norm", "list_norms", "register_norm",
-           "SELU", "AlphaDropout", "angular_distances", "block_grad_norms", "capture_residuals",
+           "SELU", "AlphaDropout", "TinyViT", "angular_distances", "block_grad_norms", "capture_residuals",
            "hidden_states", "layer_drop_deltas", "residual_stats", "skip_block"]

@@ -1,0 +1,191 @@
+r"""Chapter 04 (SeeDNorm, Cai et al. 2025, arXiv 2510.22777): the runners behind its claims.
+
+- :func:`lm_run`: one byte-level TinyGPT (Pre-norm) trained with a given norm variant; a thin
+  wrapper of :func:`replib.experiments.placement.run_placement` (AdamW, 5 % warm-up then cosine,
+  weight decay 0.1 on matrices only, so SeeDNorm's :math:`\gamma,\alpha,\beta` are not decayed).
+- :func:`vit_run`: :class:`~replib.nn.vit.TinyViT` (Pre-norm, 4x MLP, truncated-normal init) on 8x8 ``load_digits``
+  images cut into 2x2 patches (16 tokens + a class token), trained with the same optimiser.
+- :func:`jacobian_scaling`: the Frobenius norm of a norm layer's per-token Jacobian
+  :math:`\lVert\partial\,\mathrm{out}/\partial x\rVert_F` at inputs :math:`c\,x`, and
+  :func:`loglog_slope` of it against :math:`c`.
+- :func:`step_times`: fair, interleaved timing of one TinyGPT training step per variant
+  (:func:`replib.timing.compare`) on the same batch, and :func:`norm_param_delta`.
+
+The variants (``VARIANTS``) map a label to a registry norm and its keyword arguments.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import timing
+from ..data import minibatches
+from ..data.tabular import Split
+from ..nn import GPTConfig, TinyGPT
+from ..nn.vit import TinyViT
+from ..runtime import seed_everything, torch_threads
+from ..train import adamw, train, warmup_cosine
+from .placement import LMData, PlacementRun, run_placement
+
+MH_HEADS = 4  # heads of the multi-head SeeDNorm variant
+
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "RMSNorm": ("rmsnorm", {"eps": 1e-6}),
+    "LayerNorm": ("layernorm", {}),
+    "DyT": ("dyt", {}),
+    "SeeDNorm": ("seednorm", {}),
+    "SeeDNorm-MH": ("seednorm", {"heads": MH_HEADS}),
+}
+
+
+def variant(label: str) -> tuple[str, dict]:
+    """``(norm name, norm kwargs)`` of a variant label in ``VARIANTS``."""
+    if label not in VARIANTS:
+        raise KeyError(f"unknown variant {label!r}; valid: {', '.join(VARIANTS)}")
+    name, kw = VARIANTS[label]
+    return name, dict(kw)
+
+
+# ----------------------------------------------------------------------------- language model
+def lm_run(label: str, seed: int, data: LMData, *, n_layer: int, d_model: int, n_head: int,
+           batch_size: int, steps: int, log_every: int, lr: float = 1e-3,
+           device: torch.device | str = "cpu", **kw) -> PlacementRun:
+    """Train one Pre-norm TinyGPT whose every norm (both per block and the final one) is ``label``.
+
+    The same ``seed`` gives the same batches for every variant, and the same initial weights
+    outside the norms (no variant here draws random numbers when it is built).
+    """
+    name, kwargs = variant(label)
+    return run_placement("pre", seed, lr, data, n_layer=n_layer, d_model=d_model, n_head=n_head,
+                         batch_size=batch_size, steps=steps, log_every=log_every, norm=name,
+                         model_kwargs={"norm_kwargs": kwargs}, device=device, **kw)
+
+
+def val_auc(run: PlacementRun) -> float:
+    r"""Area under the validation-loss curve over training, normalised by the step count
+    (the mean validation loss, nats/byte, by the trapezoid rule); ``nan`` if the run diverged."""
+    if run.nan or not run.val_loss or run.log_steps[-1] != run.steps:
+        return math.nan
+    s = np.asarray(run.log_steps, dtype=float)
+    v = np.asarray(run.val_loss, dtype=float)
+    return float(np.sum((v[1:] + v[:-1]) / 2 * np.diff(s)) / (s[-1] - s[0])) if len(s) > 1 else float(v[0])
+
+
+# ----------------------------------------------------------------------------- vision
+@dataclass
+class ViTRun:
+    label: str
+    seed: int
+    steps: int
+    eval_steps: list[int] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)  # nats, at each eval step
+    test_acc: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)  # training loss every step
+    diverged_at: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def final_test_loss(self) -> float:
+        return math.nan if self.diverged_at is not None else self.test_loss[-1]
+
+    @property
+    def final_test_acc(self) -> float:
+        return math.nan if self.diverged_at is not None else self.test_acc[-1]
+
+
+def vit_run(label: str, seed: int, split: Split, *, d_model: int, n_layer: int, n_head: int,
+            batch_size: int, epochs: int, eval_every: int, lr: float = 1e-3,
+            weight_decay: float = 0.1, grad_clip: float | None = 1.0,
+            device: torch.device | str = "cpu", threads: int | None = 1) -> ViTRun:
+    """Train a :class:`TinyViT` with norm variant ``label`` on ``split`` (8x8 digits) for
+    ``epochs`` epochs of ``batch_size`` (AdamW, 5 % warm-up then cosine); test loss and accuracy
+    every ``eval_every`` steps and at the end."""
+    with torch_threads(threads if torch.device(device).type == "cpu" else None):
+        gen = seed_everything(seed)
+        name, kwargs = variant(label)
+        sp = split.to(device)
+        model = TinyViT(n_classes=split.n_classes, d_model=d_model, depth=n_layer, n_head=n_head,
+                        mlp_ratio=4, norm=name, norm_kwargs=kwargs, init="trunc_normal").to(device)
+        steps = epochs * (sp.x_train.shape[0] // batch_size)
+        opt = adamw(model, lr, weight_decay, (0.9, 0.999))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup_frac=0.05))
+        run = ViTRun(label, seed, steps)
+
+        def evaluate(m: nn.Module) -> dict[str, float]:
+            logits = m(sp.x_test)
+            return {"loss": F.cross_entropy(logits, sp.y_test).item(),
+                    "acc": (logits.argmax(-1) == sp.y_test).float().mean().item()}
+
+        hist = train(model, opt, minibatches(sp.x_train, sp.y_train, batch_size, gen),
+                     lambda m, b: F.cross_entropy(m(b[0]), b[1]), steps, evaluate=evaluate,
+                     eval_every=eval_every, grad_clip=grad_clip, scheduler=sched,
+                     desc=f"ViT {label} s{seed}", progress=False)
+    run.eval_steps, run.test_loss = hist.eval_series("loss")
+    run.test_acc = hist.eval_series("acc")[1]
+    run.loss, run.diverged_at, run.seconds = hist.loss, hist.diverged_at, hist.seconds
+    return run
+
+
+# ----------------------------------------------------------------------------- gradient scaling
+def jacobian_scaling(norm: nn.Module, x: torch.Tensor, scales) -> dict[str, np.ndarray]:
+    r"""For each :math:`c` in ``scales``: the per-token Jacobian :math:`J=\partial\,\mathrm{out}/\partial x`
+    of ``norm`` at :math:`c\,x_i` for every token :math:`x_i` (rows of ``x``, shape ``(N, D)``).
+
+    Returns ``{"fro": (len(scales),), "diag": (len(scales),)}``: the mean over tokens of
+    :math:`\lVert J\rVert_F`, and the median over tokens and features of :math:`|J_{jj}|`."""
+    one = lambda v: norm(v.unsqueeze(0)).squeeze(0)  # noqa: E731
+    jac = torch.func.vmap(torch.func.jacrev(one))
+    fro, diag = [], []
+    for c in scales:
+        J = jac(c * x).detach()  # (N, D, D)
+        fro.append(float(torch.linalg.matrix_norm(J).mean()))
+        diag.append(float(torch.diagonal(J, dim1=-2, dim2=-1).abs().median()))
+    return {"fro": np.array(fro), "diag": np.array(diag)}
+
+
+def loglog_slope(cs, values) -> float:
+    """Least-squares slope of log(values) against log(cs) (-1: values scale as 1/c)."""
+    return float(np.polyfit(np.log(np.asarray(cs, float)), np.log(np.asarray(values, float)), 1)[0])
+
+
+# ----------------------------------------------------------------------------- overhead
+def gpt(label: str, *, n_layer: int, d_model: int, n_head: int, seq_len: int) -> TinyGPT:
+    """A Pre-norm byte-level TinyGPT whose norms are variant ``label``."""
+    name, kwargs = variant(label)
+    return TinyGPT(GPTConfig(vocab_size=256, seq_len=seq_len, n_layer=n_layer, n_head=n_head,
+                             d_model=d_model, norm=name, norm_kwargs=kwargs, placement="pre"))
+
+
+def norm_param_delta(label: str, baseline: str = "RMSNorm", **size) -> tuple[int, int]:
+    """``(extra parameters of variant label over baseline, number of norm layers)`` in TinyGPT."""
+    a, b = gpt(label, **size), gpt(baseline, **size)
+    n_norms = 2 * size["n_layer"] + 1
+    return a.num_params() - b.num_params(), n_norms
+
+
+def step_times(labels, seed: int, *, n_layer: int, d_model: int, n_head: int, seq_len: int,
+               batch_size: int, warmup: int = 10, reps: int = 50,
+               device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
+               threads: int | None = 1) -> dict[str, timing.Timing]:
+    """One full training step (forward, backward, AdamW) per variant, timed fairly and
+    interleaved in one process (:func:`replib.timing.compare`) on the same random batch."""
+    with torch_threads(threads if torch.device(device).type == "cpu" else None):
+        gen = seed_everything(seed)
+        idx = torch.randint(0, 256, (batch_size, seq_len + 1), generator=gen).to(device)
+        x, y = idx[:, :-1], idx[:, 1:]
+        fns = {}
+        for label in labels:
+            m = gpt(label, n_layer=n_layer, d_model=d_model, n_head=n_head, seq_len=seq_len).to(device)
+            opt = adamw(m, 1e-4, 0.1, (0.9, 0.95))
+            fns[label] = timing.train_step(m, opt, lambda mm: mm(x, y)[1], amp_dtype=amp_dtype)
+        return timing.compare(fns, device, warmup=warmup, reps=reps)
+
+
+__all__ = ["MH_HEADS", "VARIANTS", "ViTRun", "gpt", "jacobian_scaling", "lm_run",
+           "loglog_slope", "norm_param_delta", "step_times", "val_auc", "variant",
+           "vit_run"]

@@ -1,0 +1,182 @@
+"""The all-norms benchmark runner (chapter 90): generic over the registry, robust to broken norms."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from replib.data import lm_batches, stdlib_corpus
+from replib.experiments import all_norms as an
+from replib.nn import list_norms
+from replib.nn import norms as registry
+from replib.runtime import seed_everything
+
+TINY = dict(n_layer=1, d_model=16, n_head=2, batch_size=4, steps=3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return an.lm_data(stdlib_corpus().text[:20000], seq_len=16, val_windows=4)
+
+
+class _BrokenAtInit(nn.Module):
+    """A norm that cannot even be built."""
+
+    def __init__(self, dim, **_):
+        raise RuntimeError("broken on purpose")
+
+
+class _BrokenInTraining(nn.Module):
+    """A norm that builds but raises in a training-mode forward."""
+
+    def __init__(self, dim, **_):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x, mask=None):
+        if self.training:
+            raise ValueError("no training for me")
+        return x * self.weight
+
+
+@pytest.fixture
+def broken(monkeypatch):
+    """Register two broken norms for one test; monkeypatch removes them afterwards."""
+    names = {"zz-test-broken-init": _BrokenAtInit, "zz-test-broken-train": _BrokenInTraining}
+    for name, cls in names.items():
+        assert name not in registry._REGISTRY
+        monkeypatch.setitem(registry._REGISTRY, name, cls)
+        monkeypatch.setitem(registry._EXACT_GRAD, name, {})
+    yield list(names)
+
+
+def test_every_registry_norm_is_benchmarked_and_broken_ones_are_reported(data, broken):
+    bench = an.benchmark(data, seeds=[0, 1], main_lr=1e-3, lrs=[1e-3, 1e-2], tol=0.1,
+                         progress=False, **TINY)
+    table = bench.table()
+    assert list(table.norm) == list_norms()  # the registry, not a hand-kept list
+    assert set(broken) <= set(table.norm)
+    status = dict(zip(table.norm, table.status))
+    assert "broken on purpose" in status["zz-test-broken-init"]
+    assert "RuntimeError" in status["zz-test-broken-init"]
+    assert "no training for me" in status["zz-test-broken-train"]
+    assert set(bench.failures) == set(broken)
+    for n in list_norms():
+        if n in broken:
+            assert len(bench.select(n)) == 1  # failed once, then skipped
+            assert bench.stable_lr(n) is None
+            continue
+        assert status[n] == "ok", (n, status[n])
+        # every seed at the main lr, plus the sweep's other lr with the first seed
+        assert {(r.lr, r.seed) for r in bench.select(n)} == {(1e-3, 0), (1e-3, 1), (1e-2, 0)}
+        assert len(bench.val_loss(n)) == 2
+        assert set(bench.sweep(n)) == {1e-3, 1e-2}
+    lossy = table.set_index("norm").loc["layernorm"]
+    assert math.isfinite(lossy.val_loss_mean) and lossy.diverged_seeds == 0
+
+
+def test_main_lr_must_be_in_the_grid(data):
+    with pytest.raises(ValueError):
+        an.benchmark(data, seeds=[0], main_lr=3e-3, lrs=[1e-3], tol=0.1, norms=["layernorm"],
+                     progress=False, **TINY)
+
+
+def test_runs_are_deterministic_and_data_order_depends_on_the_seed_only(data):
+    a = an.run_norm("layernorm", 3, 1e-3, data, **TINY)
+    b = an.run_norm("layernorm", 3, 1e-3, data, **TINY)
+    c = an.run_norm("layernorm", 4, 1e-3, data, **TINY)
+    assert a.final_val_loss == b.final_val_loss and a.initial_loss == b.initial_loss
+    assert a.final_val_loss != c.final_val_loss
+    # the batches come from the generator seeded by the run's seed alone, whatever the norm
+    x1, _ = next(lm_batches(data.train, 4, 16, seed_everything(3)))
+    x2, _ = next(lm_batches(data.train, 4, 16, seed_everything(3)))
+    assert torch.equal(x1, x2)
+
+
+def test_a_nonfinite_loss_is_a_divergence_not_a_failure(data):
+    run = an.run_norm("identity", 0, 1e6, data, **{**TINY, "steps": 30}, grad_clip=None)
+    assert not run.failed
+    assert run.diverged or run.final_val_loss > run.initial_loss  # blown up either way
+    if run.diverged:
+        assert run.value is None and math.isnan(run.final_val_loss)
+
+
+@pytest.mark.parametrize("losses,tol,expected", [
+    ({1e-3: 2.0, 3e-3: 1.9, 1e-2: 1.95, 3e-2: 2.5}, 0.1, 1e-2),  # 3e-2 is too much worse
+    ({1e-3: 2.0, 3e-3: 1.9, 1e-2: 1.95, 3e-2: 2.5}, 0.6, 3e-2),  # a looser tol keeps it
+    ({1e-3: 2.0, 3e-3: 1.9, 1e-2: None, 3e-2: 1.9}, 0.1, 3e-3),  # divergence breaks the walk up
+    ({1e-3: 2.0, 3e-3: float("nan"), 1e-2: float("inf")}, 0.5, 1e-3),  # nan/inf are divergences
+    ({1e-3: None, 3e-3: None}, 0.1, None),  # nothing stable
+    ({1e-3: 3.0, 3e-3: 2.0}, 0.0, 3e-3),  # the best itself is stable at tol 0
+    ({3e-2: 2.1, 1e-3: 2.0, 1e-2: 2.05}, 0.1, 3e-2),  # unsorted input
+    ({1e-3: 1.0, 1e-2: 5.0, 1e-1: 1.05}, 0.1, 1e-3),  # a good lr above a bad one does not count
+])
+def test_largest_stable_lr(losses, tol, expected):
+    assert an.largest_stable_lr(losses, tol) == expected
+
+
+def test_largest_stable_lr_rejects_negative_tol():
+    with pytest.raises(ValueError):
+        an.largest_stable_lr({1e-3: 1.0}, -0.1)
+
+
+def test_censored_when_the_top_of_the_grid_is_stable():
+    bench = an.Benchmark(["a", "b"], [0], 1e-3, [1e-3, 1e-2], 0, 0.1)
+    bench.runs = [an.NormRun("a", 0, 1e-3, 1, 2.0), an.NormRun("a", 0, 1e-2, 1, 2.05),
+                  an.NormRun("b", 0, 1e-3, 1, 2.0), an.NormRun("b", 0, 1e-2, 1, math.nan, 2.0, 5)]
+    assert bench.stable_lr("a") == 1e-2 and bench.censored("a")
+    assert bench.stable_lr("b") == 1e-3 and not bench.censored("b")
+    t = bench.table().set_index("norm")
+    assert t.loc["a", "lr_is_lower_bound"] and not t.loc["b", "lr_is_lower_bound"]
+
+
+def test_throughput_relative_to_layernorm(data, broken):
+    tp = an.throughput(data, n_layer=1, d_model=16, n_head=2, batch_size=4, warmup=1, reps=3)
+    assert set(tp.train) == set(list_norms()) - set(broken)
+    assert set(tp.failures) == set(broken)
+    assert tp.relative("layernorm", "train") == 1.0 and tp.relative("layernorm", "infer") == 1.0
+    for n in tp.train:
+        for kind in ("train", "infer"):
+            assert tp.tokens_per_s(n, kind) > 0 and tp.relative(n, kind) > 0
+    assert tp.tokens_per_call == 4 * 16
+    table = tp.table().set_index("norm")
+    assert table.loc["layernorm", "train_rel"] == 1.0
+    assert math.isnan(table.loc["zz-test-broken-init", "train_rel"])
+    # without the baseline, relative throughput is undefined rather than made up
+    tp2 = an.throughput(data, n_layer=1, d_model=16, n_head=2, batch_size=4, warmup=0, reps=2,
+                        norms=["rmsnorm", "identity"])
+    assert math.isnan(tp2.relative("rmsnorm"))
+
+
+def test_registry_table(broken):
+    t = an.registry_table(8).set_index("norm")
+    assert list(t.index) == list_norms()
+    assert t.loc["layernorm", "params"] == 16 and t.loc["rmsnorm", "params"] == 8
+    assert t.loc["identity", "params"] == 0 and t.loc["batchnorm", "buffers"] == 16
+    assert t.loc["layernorm", "class"] == "LayerNorm"
+    assert t.loc["layernorm", "summary"].startswith("Layer normalisation")
+    assert "broken on purpose" in t.loc["zz-test-broken-init", "error"]
+    assert not isinstance(t.loc["zz-test-broken-train", "error"], str)  # builds; fails in training
+    assert t.loc["zz-test-broken-init", "summary"] == "A norm that cannot even be built."
+
+
+def test_same_init_outside_the_norms():
+    kw = dict(n_layer=2, d_model=16, n_head=2)
+    assert an.same_init("rmsnorm", **kw) and an.same_init("identity", **kw)
+    assert an.same_init("layernorm", **kw)
+    assert an._is_norm_key("blocks.0.norm1.weight") and an._is_norm_key("norm_f.bias")
+    assert not an._is_norm_key("blocks.0.attn.qkv.weight")
+
+
+def test_same_init_detects_a_norm_that_draws_random_numbers(monkeypatch, broken):
+    class Noisy(nn.Module):
+        def __init__(self, dim, **_):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(dim))
+
+        def forward(self, x, mask=None):
+            return x * self.weight
+
+    monkeypatch.setitem(registry._REGISTRY, "zz-test-noisy", Noisy)
+    assert an.same_init("zz-test-noisy", n_layer=1, d_model=16, n_head=2) is False
+    assert an.same_init("zz-test-broken-init", n_layer=1, d_model=16, n_head=2) is None
