@@ -147,8 +147,19 @@ class PowerFunction(torch.autograd.Function):
         return grad_x, (grad_out * z).sum(dims), grad_out.sum(dims), None, None, None, None, None
 
 
+class _RunningQuadraticMean(nn.Module):
+    r"""What PowerNorm and PN-V share: the optional GroupScaling pre-step and inference as the
+    fixed affine map :math:`(\gamma/\sqrt{\psi^2+\epsilon},\ \beta)` of the running quadratic mean."""
+
+    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        return group_scale(x, self.group_num) if self.group_num else x
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weight * torch.rsqrt(self.running_phi + self.eps), self.bias
+
+
 @register_norm("powernorm", exact_grad={"backward": "exact"})
-class PowerNorm(nn.Module):
+class PowerNorm(_RunningQuadraticMean):
     r"""Power Normalization; the authors' code version by default (see the module docstring).
 
     Training step :math:`k` (counted from 1), code version, per channel :math:`c`:
@@ -200,13 +211,6 @@ class PowerNorm(nn.Module):
         return (f"{self.dim}, version={self.version}, backward={self.backward}, "
                 f"warmup_iters={self.warmup_iters}, group_num={self.group_num}")
 
-    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
-        return group_scale(x, self.group_num) if self.group_num else x
-
-    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Inference as ``scale * x_hat + shift``: :math:`(\gamma/\sqrt{\psi^2+\epsilon},\ \beta)`."""
-        return self.weight * torch.rsqrt(self.running_phi + self.eps), self.bias
-
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         xs = self.scale_input(x)
         if not self.training:
@@ -238,7 +242,7 @@ class PowerNorm(nn.Module):
 
 
 @register_norm("pn-v")
-class PowerNormV(nn.Module):
+class PowerNormV(_RunningQuadraticMean):
     r"""PN-V, the paper's ablation: batch norm without re-centring, exact autograd.
 
     Training, per channel over the real positions of the batch (gradients flow through
@@ -260,12 +264,6 @@ class PowerNormV(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
         self.register_buffer("running_phi", torch.ones(dim))
-
-    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
-        return group_scale(x, self.group_num) if self.group_num else x
-
-    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.weight * torch.rsqrt(self.running_phi + self.eps), self.bias
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         xs = self.scale_input(x)
