@@ -154,7 +154,7 @@ def environment() -> dict[str, str]:
 
 
 def status_markdown(chapters: list[Chapter], stage: Path, scale: str) -> str:
-    budget = SCALES[scale].budget_s
+    budget, n_seeds = SCALES[scale].budget_s, SCALES[scale].n_seeds
     rows = []
     for ch in chapters:
         o = last_outcome(stage, ch)
@@ -172,7 +172,7 @@ def status_markdown(chapters: list[Chapter], stage: Path, scale: str) -> str:
                     f"<td>{error}</td></tr>")
     env = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in environment().items())
     return (f"Scale of this build: `{scale}` (budget {budget:.0f} s per chapter, "
-            f"{SCALES[scale].n_seeds} seeds, on {SCALES[scale].hardware}).\n\n"
+            f"{n_seeds} seed{'' if n_seeds == 1 else 's'}, on {SCALES[scale].hardware}).\n\n"
             '<table class="replib-status">\n<thead><tr><th>chapter</th><th>last execution</th>'
             "<th>wall time (s)</th><th>of budget</th><th>finished (UTC)</th><th>error</th></tr>"
             "</thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>\n\n"
