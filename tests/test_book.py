@@ -99,3 +99,15 @@ def test_site_builds_with_a_failed_chapter(book, capsys):
             "blob/main/notebooks/01-good.ipynb") in (html / "notebooks" / "01-good.html").read_text()
     good = (html / "notebooks" / "01-good.html").read_text()
     assert "replib-header" in good and "pipeline check only" in good  # the generated badge line
+
+
+def test_a_stalled_cell_fails_the_chapter_instead_of_hanging(book, monkeypatch):
+    (book / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n"
+                                   "  - file: notebooks/01-good\n")
+    nb = nbformat.read(book / "notebooks" / "01-good.ipynb", as_version=4)
+    nb.cells[-1].source = "import time\ntime.sleep(30)"
+    nbformat.write(nb, book / "notebooks" / "01-good.ipynb")
+    monkeypatch.setitem(SCALES, "smoke", replace(SCALES["smoke"], budget_s=1.0))  # cells: 2 s
+    outcome = execute_many(book, toc_chapters(book), PARAMS)[0]
+    assert outcome.status == "failed" and outcome.seconds < 25
+    assert "timed out" in outcome.error.lower() or "timeout" in outcome.error.lower()

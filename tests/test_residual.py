@@ -190,9 +190,10 @@ def test_jacobian_fro_of_linear_map():
     assert R.jacobian_fro(lin, x) == pytest.approx(lin.weight.norm().item(), rel=1e-12)
 
 
-def test_growth_profile_and_the_explorer_widget():
+def test_growth_profile_and_the_explorer_widget(monkeypatch):
     import matplotlib
 
+    monkeypatch.delenv("REPLIB_STATIC", raising=False)  # a live kernel (book runs set it)
     matplotlib.use("Agg")
     from replib.experiments import residual as R
 

@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 import nbformat
 
 from ..results import results_dir
+from ..scales import SCALES
 from .chapters import Chapter
 
 KERNEL = "python3"
@@ -43,6 +44,12 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.status != "failed"
+
+
+def cell_timeout(scale: str) -> int:
+    """Seconds one cell may run: twice the whole chapter's budget, so a stalled kernel or a lost
+    kernel message fails the chapter instead of hanging the build."""
+    return int(2 * SCALES[scale].budget_s)
 
 
 def stage_dir(root: Path, scale: str) -> Path:
@@ -119,6 +126,7 @@ def execute(root: Path, chapter: Chapter, parameters: dict, *, force: bool = Fal
         pm.execute_notebook(
             str(root / chapter.path), str(output), parameters=parameters, kernel_name=KERNEL,
             cwd=str(output.parent), progress_bar=progress, log_output=False,
+            execution_timeout=cell_timeout(parameters["scale"]),
         )
     except pm.PapermillExecutionError as e:
         error = f"{e.ename}: {e.evalue} (cell {e.exec_count})"
@@ -152,6 +160,7 @@ def kernel_environment(root: Path, jobs: int) -> None:
         [str(spec.parents[2]), *filter(None, [os.environ.get("JUPYTER_PATH")])])
     os.environ["REPLIB_RESULTS_DIR"] = str(root / "results")
     os.environ["TQDM_DISABLE"] = "1"
+    os.environ["REPLIB_STATIC"] = "1"  # widgets show a note instead (no frontend on the site)
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = threads

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from ..data import ByteTokenizer, lm_batches, lm_eval_windows, split_tokens
 from ..nn import GPTConfig, TinyGPT, block_grad_norms, hidden_states
 from ..runtime import seed_everything, torch_threads
+from ..show import explorer
 from ..train import adamw, lm_loss, train, warmup_cosine
 
 LN2 = math.log(2.0)
@@ -290,10 +291,10 @@ def lr_stability_explorer(data: LMData, *, n_layer: int = 6, d_model: int = 64, 
         ax.legend(fontsize=8)
         plt.show()
 
-    return widgets.interactive(
+    return explorer(lambda: widgets.interactive(
         show, {"manual": True, "manual_name": "Run"},
         placements=widgets.SelectMultiple(options=["pre", "peri", "post", "mix"],
                                           value=("pre", "peri", "post"), description="placement"),
         log10_lr=widgets.FloatSlider(value=-2.5, min=-4.0, max=-0.5, step=0.25,
                                      description="log10 lr"),
-        seed=widgets.IntSlider(value=0, min=0, max=4, description="seed"))
+        seed=widgets.IntSlider(value=0, min=0, max=4, description="seed")))

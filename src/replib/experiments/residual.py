@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..data import Split, minibatches
 from ..nn.residual import ResidualNet, ResidualTower
 from ..runtime import seed_everything
+from ..show import explorer
 from ..train import train, warmup_cosine
 from .tabular import accuracy
 
@@ -127,7 +128,7 @@ def growth_explorer(width: int = 64, max_depth: int = 256, n_samples: int = 256)
                      + (", Pre-LN" if pre_ln else ""))
         plt.show()
 
-    return widgets.interactive(
+    return explorer(lambda: widgets.interactive(
         show, depth=widgets.IntSlider(value=64, min=1, max=max_depth, description="depth n"),
         scaling=widgets.Dropdown(options=SCALINGS, value="1/sqrt(n)", description="scaling"),
-        pre_ln=widgets.Checkbox(value=False, description="Pre-LN"))
+        pre_ln=widgets.Checkbox(value=False, description="Pre-LN")))

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..nn import selu as snn
+from ..show import explorer
 
 DEFAULT_STARTS = ((0.0, 1.0), (0.5, 2.0), (0.5, 0.3), (-0.4, 2.4), (0.4, 0.35))
 
@@ -43,7 +44,7 @@ def moment_map_explorer(layers: int = 12):
         plot_moment_map(ax, omega, tau, layers=layers)
         plt.show()
 
-    return widgets.interactive(
+    return explorer(lambda: widgets.interactive(
         show, omega=widgets.FloatSlider(value=0.0, min=-0.3, max=0.3, step=0.05, description="ω"),
         tau=widgets.FloatSlider(value=1.0, min=0.6, max=1.6, step=0.05, description="τ"),
-        layers=widgets.IntSlider(value=layers, min=1, max=40, description="layers"))
+        layers=widgets.IntSlider(value=layers, min=1, max=40, description="layers")))
