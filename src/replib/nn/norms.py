@@ -56,6 +56,17 @@ def create_norm(name: str, dim: int, **kwargs) -> nn.Module:
     return _REGISTRY[name](dim, **kwargs)
 
 
+def real_positions(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The rows of ``x`` flattened to ``(positions, dim)`` that are real tokens (``mask`` True);
+    all of them without a mask. Batch-statistics norms compute their statistics on these."""
+    flat = x.reshape(-1, x.shape[-1])
+    if mask is None:
+        return flat
+    if mask.shape != x.shape[:-1]:
+        raise ReplibError(f"mask shape {tuple(mask.shape)} does not match input {tuple(x.shape[:-1])}")
+    return flat[mask.reshape(-1)]
+
+
 @register_norm("identity")
 class Identity(nn.Module):
     """No normalisation: the baseline every norm is compared with."""
@@ -156,12 +167,7 @@ class MaskedBatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.training:
-            flat = x.reshape(-1, self.dim)
-            if mask is not None:
-                if mask.shape != x.shape[:-1]:
-                    raise ReplibError(f"mask shape {tuple(mask.shape)} does not match input "
-                                      f"{tuple(x.shape[:-1])}")
-                flat = flat[mask.reshape(-1)]
+            flat = real_positions(x, mask)
             n = flat.shape[0]
             if n < 2:
                 raise ReplibError("batch norm needs at least 2 real positions in training")

@@ -72,7 +72,7 @@ import torch
 from torch import nn
 
 from ..errors import ReplibError
-from .norms import create_norm, register_norm
+from .norms import create_norm, real_positions, register_norm
 
 
 class _UNBackward(torch.autograd.Function):
@@ -212,12 +212,7 @@ class UnifiedNorm(nn.Module):
             raise ReplibError(f"expected last dimension {self.dim}, got {tuple(x.shape)}")
         if not self.training:  # the official order of operations (bit-exact with the formula)
             return self.weight * (x / torch.sqrt(self.running_var + self.eps)) + self.bias
-        real = x.reshape(-1, self.dim)
-        if mask is not None:
-            if mask.shape != x.shape[:-1]:
-                raise ReplibError(f"mask shape {tuple(mask.shape)} does not match input "
-                                  f"{tuple(x.shape[:-1])}")
-            real = real[mask.reshape(-1)]
+        real = real_positions(x, mask)
         if real.shape[0] < 1:
             raise ReplibError("UN needs at least one real token in training")
         t = self._tick()
