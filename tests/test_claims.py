@@ -19,6 +19,8 @@ def test_stat_spread_and_divergence():
     assert f"{s:.2f}" == "2.00 ± 1.41 (1/3 diverged)"
     assert f"{Stat.of([5.0]):.1f}" == "5.0"
     assert "diverged (2/2)" in f"{Stat.of([math.nan, math.inf])}"
+    # one finite value among diverged seeds has no spread to show
+    assert f"{Stat.of([7.0, math.nan, math.nan]):.1f}" == "7.0 (2/3 diverged)"
     assert Stat.of([math.nan]).summary()["mean"] is None
 
 

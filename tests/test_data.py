@@ -1,4 +1,5 @@
 import hashlib
+import math
 
 import pytest
 import torch
@@ -114,3 +115,15 @@ def test_fetch_offline_and_unknown(tmp_path, fixture_remote, monkeypatch):
 def test_real_remotes_pin_a_sha256():
     for r in REMOTES.values():
         assert len(r.sha256) == 64 and r.url.startswith("https://")
+
+
+def test_unigram_loss_matches_entropy_and_beats_uniform():
+    from replib.data import unigram_loss
+    toks = torch.tensor([0, 0, 0, 1] * 250)  # p(0) = 3/4, p(1) = 1/4
+    entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert abs(unigram_loss(toks, toks, vocab_size=2, smoothing=0.0) - entropy) < 1e-12
+    # smoothing keeps unseen tokens finite, and token frequencies beat the uniform distribution
+    assert math.isfinite(unigram_loss(toks, torch.tensor([2]), vocab_size=4))
+    assert unigram_loss(toks, toks, vocab_size=256) < math.log(256)
+    with pytest.raises(ReplibError):
+        unigram_loss(torch.tensor([300]), torch.tensor([1]), vocab_size=256)

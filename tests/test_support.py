@@ -1,6 +1,8 @@
 """Experiment support: provenance, source display, plotting helpers."""
 import math
+import os
 import subprocess
+import sys
 
 import matplotlib
 
@@ -50,7 +52,7 @@ def test_mean_band_draws_mean_and_seed_range_ignoring_diverged_seeds():
     mean_band(ax, [0, 1, 2], runs, "x")
     (line,) = ax.get_lines()
     np.testing.assert_allclose(line.get_ydata(), [2.0, 3.0, 3.0])
-    assert line.get_label() == "x (n=2)" and len(ax.collections) == 1
+    assert line.get_label() == "x (2 runs)" and len(ax.collections) == 1
     plt.close(fig)
 
 
@@ -86,3 +88,15 @@ def test_dirty_means_modified_code_not_written_results(tmp_path):
     assert mod.git_commit()["dirty"] is False  # a written result is not a code change
     here.write_text(here.read_text() + "\n# edit\n")
     assert mod.git_commit()["dirty"] is True
+
+
+def test_progress_bar_honours_tqdm_disable():
+    # tqdm reads TQDM_* when it is imported, so each case runs in a fresh interpreter
+    code = "from replib.train import progress_bar as p; print(p(range(3)).disable, p(range(3), False).disable)"
+    def run(**env):
+        base = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+        out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                             check=True)
+        return out.stdout.split()
+    assert run(TQDM_DISABLE="1") == ["True", "True"]  # what a book build sets for every kernel
+    assert run() == ["False", "True"]

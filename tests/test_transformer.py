@@ -122,3 +122,22 @@ def test_init_options():
     assert abs(float(plain.tok_emb.weight.detach().std()) - 0.632) < 0.1
     scaled = TinyGPT(GPTConfig(**{**SMALL, "n_layer": 8}))
     assert float(scaled.blocks[0].attn.proj.weight.detach().std()) < 0.01
+
+
+def test_embed_scale_is_a_learnable_sqrt_d_on_token_embeddings_only():
+    seed_everything(0)
+    base = TinyGPT(GPTConfig(**SMALL))
+    seed_everything(0)
+    scaled = TinyGPT(GPTConfig(**SMALL, embed_scale=True))
+    assert base.emb_scale is None
+    assert scaled.emb_scale.requires_grad and float(scaled.emb_scale) == pytest.approx(16 ** 0.5)
+    # the scalar draws no random numbers: every other weight is the same for the same seed
+    base_sd = base.state_dict()
+    assert all(torch.equal(v, base_sd[k]) for k, v in scaled.state_dict().items() if k != "emb_scale")
+    idx = torch.randint(0, 32, (3, 12))
+    pos = base.pos_emb(torch.arange(12))
+    assert torch.allclose(scaled.embed(idx), 16 ** 0.5 * base.tok_emb(idx) + pos)
+    assert torch.equal(base.embed(idx), base.tok_emb(idx) + pos)
+    _, loss = scaled(idx, idx)
+    loss.backward()
+    assert scaled.emb_scale.grad is not None and torch.isfinite(scaled.emb_scale.grad)

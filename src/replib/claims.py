@@ -88,7 +88,7 @@ class Stat:
         spec = spec or ".4g"
         if not len(self.finite):
             return f"diverged ({self.n}/{self.n})"
-        text = f"{self.mean:{spec}}" if self.n == 1 else f"{self.mean:{spec}} ± {self.std:{spec}}"
+        text = f"{self.mean:{spec}}" if len(self.finite) == 1 else f"{self.mean:{spec}} ± {self.std:{spec}}"
         return text + (f" ({self.n_diverged}/{self.n} diverged)" if self.n_diverged else "")
 
 

@@ -40,7 +40,7 @@ def mean_band(ax: plt.Axes, x: Sequence[float], runs: Sequence[Sequence[float]],
         lo, hi = ((np.nanmin(y, axis=0), np.nanmax(y, axis=0)) if band == "minmax" else
                   (mean - np.nanstd(y, axis=0), mean + np.nanstd(y, axis=0)))
     n = y.shape[0]
-    (line,) = ax.plot(x, mean, label=f"{label} (n={n})" if n > 1 else label, color=color, **kw)
+    (line,) = ax.plot(x, mean, label=f"{label} ({n} runs)" if n > 1 else label, color=color, **kw)
     if n > 1:
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
 

@@ -46,6 +46,13 @@ class History:
         return None
 
 
+def progress_bar(iterable, progress: bool = True, **kw) -> tqdm:
+    """``tqdm.auto`` over ``iterable``; ``progress=False`` silences it. ``disable`` is passed only to
+    silence, so the ``TQDM_DISABLE=1`` a book build sets still holds (an explicit ``disable=False``
+    would override it and leave a frozen "0%" bar in the stored page)."""
+    return tqdm(iterable, **kw) if progress else tqdm(iterable, disable=True, **kw)
+
+
 def train(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -79,7 +86,7 @@ def train(
         model.train()
 
     model.train()
-    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False, mininterval=1)
+    bar = progress_bar(range(1, steps + 1), progress, desc=desc, leave=False, mininterval=1)
     for step in bar:
         loss = loss_fn(model, next(batches))
         value = float(loss.detach())

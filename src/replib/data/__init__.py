@@ -7,10 +7,11 @@ from .text import (
                    Corpus,
                    lm_batches,
                    lm_eval_windows,
+                   unigram_loss,
                    split_tokens,
                    stdlib_corpus,
 )
 
 __all__ = ["REMOTES", "ByteTokenizer", "CharTokenizer", "Corpus", "Split", "fetch",
            "lm_batches", "lm_eval_windows", "load_remote_text", "load_tabular", "minibatches",
-           "split_tokens", "stdlib_corpus"]
+           "split_tokens", "stdlib_corpus", "unigram_loss"]

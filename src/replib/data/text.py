@@ -116,3 +116,18 @@ def lm_eval_windows(tokens: torch.Tensor, seq_len: int, max_windows: int,
     x = tokens[: n * seq_len].view(n, seq_len)
     y = tokens[1: n * seq_len + 1].view(n, seq_len)
     return x.to(device), y.to(device)
+
+
+def unigram_loss(train_tokens: torch.Tensor, targets: torch.Tensor, vocab_size: int = 256,
+                 smoothing: float = 1.0) -> float:
+    r"""Cross-entropy (nats per token) of ``targets`` under the training stream's token frequencies.
+
+    The reference a language model must beat to have learned anything beyond token counts:
+    :math:`-\frac1N\sum_i \log \hat p(y_i)`, :math:`\hat p(t) = (c_t + a)/(\sum_u c_u + a V)`
+    (add-``a`` smoothing, so unseen tokens have finite loss).
+    """
+    counts = torch.bincount(train_tokens.flatten().long().cpu(), minlength=vocab_size).double()
+    if counts.numel() > vocab_size:
+        raise ReplibError(f"token ids exceed vocab_size={vocab_size}")
+    logp = torch.log((counts + smoothing) / (counts.sum() + smoothing * vocab_size))
+    return float(-logp[targets.flatten().long().cpu()].mean())

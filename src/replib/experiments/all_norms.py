@@ -30,14 +30,13 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ..data import lm_batches
 from ..nn import GPTConfig, TinyGPT, create_norm, list_norms
 from ..nn import norms as _norms
 from ..runtime import seed_everything, torch_threads
 from ..timing import compare, inference_step, paired_ratio, train_step
-from ..train import adamw, lm_loss, train, warmup_cosine
+from ..train import adamw, lm_loss, progress_bar, train, warmup_cosine
 from .placement import LMData, lm_data  # noqa: F401  (re-exported: the data the runs share)
 
 BASELINE = "layernorm"
@@ -285,7 +284,7 @@ def benchmark(data: LMData, *, seeds: Sequence[int], main_lr: float, lrs: Sequen
     grid += [(n, lr, sweep_seed) for n in names for lr in lrs
              if not (lr == main_lr and sweep_seed in seeds)]
     t0 = time.perf_counter()
-    bar = tqdm(grid, desc="runs", disable=not progress)
+    bar = progress_bar(grid, progress, desc="runs")
     for n, lr, s in bar:
         if n in bench.failures:
             continue

@@ -129,7 +129,7 @@ def direct_effect_error(model, idx: torch.Tensor) -> float:
         for h in hooks:
             h.remove()
     xL = final[0]
-    emb = m.tok_emb(idx) + m.pos_emb(torch.arange(idx.shape[1]))
+    emb = m.embed(idx)
     nf = m.norm_f
     if isinstance(nf, FakeLayerNorm) and nf.is_ln_free:
         s = nf.fake_std_main

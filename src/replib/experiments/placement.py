@@ -34,13 +34,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data import ByteTokenizer, lm_batches, lm_eval_windows, split_tokens
 from ..nn import GPTConfig, TinyGPT, block_grad_norms, hidden_states
 from ..runtime import seed_everything, torch_threads
 from ..show import explorer
-from ..train import adamw, lm_loss, train, warmup_cosine
+from ..train import adamw, lm_loss, progress_bar, train, warmup_cosine
 
 LN2 = math.log(2.0)
 
@@ -210,7 +209,7 @@ def lr_sweep(placements: Iterable[str], lrs: Iterable[float], seeds: Iterable[in
     """:func:`run_placement` for every placement x learning rate x seed (``kw`` passed on)."""
     grid = [(p, lr, s) for p in placements for lr in lrs for s in seeds]
     return [run_placement(p, s, lr, data, **kw)
-            for p, lr, s in tqdm(grid, desc="runs", disable=not progress)]
+            for p, lr, s in progress_bar(grid, progress, desc="runs")]
 
 
 def select(runs: Iterable[PlacementRun], **where) -> list[PlacementRun]:

@@ -234,8 +234,7 @@ def zero_mean_writers(model: TinyGPT) -> TinyGPT:
 
 def residual_stream(model: TinyGPT, idx: torch.Tensor) -> list[torch.Tensor]:
     """The residual stream ``x_0 .. x_L`` of ``model`` on tokens ``idx`` (for checks and plots)."""
-    T = idx.shape[1]
-    x = model.tok_emb(idx) + model.pos_emb(torch.arange(T, device=idx.device))
+    x = model.embed(idx)
     xs = [x]
     for block in model.blocks:
         x = block(x)

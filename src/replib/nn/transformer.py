@@ -56,6 +56,9 @@ class GPTConfig:
     bias: bool = True
     scaled_init: bool = True  # GPT-2: residual writers drawn with std 0.02/sqrt(2L)
     embed_std: float = 0.02
+    # DyT's LLaMA code (jiachenzhu/DyT, other_tasks/LLaMA): token embeddings x a learnable scalar
+    # initialised to sqrt(d_model), so a statistics-free first norm sees a signal of useful size
+    embed_scale: bool = False
 
     def __post_init__(self):
         self.d_attn = self.d_attn or self.d_model
@@ -145,6 +148,7 @@ class TinyGPT(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.emb_scale = nn.Parameter(torch.tensor(math.sqrt(cfg.d_model))) if cfg.embed_scale else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm_f = (create_norm(cfg.norm, cfg.d_model, **cfg.norm_kwargs) if cfg.final_norm
@@ -164,6 +168,13 @@ class TinyGPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """The residual stream entering block 1: token (x the learned scale, if any) plus position."""
+        tok = self.tok_emb(idx)
+        if self.emb_scale is not None:
+            tok = tok * self.emb_scale
+        return tok + self.pos_emb(torch.arange(idx.shape[1], device=idx.device))
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None):
         """Logits for token ids ``idx`` (B, T); with ``targets`` also the mean cross-entropy.
@@ -174,8 +185,7 @@ class TinyGPT(nn.Module):
         T = idx.shape[1]
         if T > self.cfg.seq_len:
             raise ReplibError(f"sequence length {T} exceeds seq_len={self.cfg.seq_len}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
+        x = self.drop(self.embed(idx))
         for block in self.blocks:
             x = block(x, mask)
         logits = self.head(self.norm_f(x, mask))
