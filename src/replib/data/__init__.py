@@ -7,9 +7,9 @@ from .text import (
                    Corpus,
                    lm_batches,
                    lm_eval_windows,
-                   unigram_loss,
                    split_tokens,
                    stdlib_corpus,
+                   unigram_loss,
 )
 
 __all__ = ["REMOTES", "ByteTokenizer", "CharTokenizer", "Corpus", "Split", "fetch",

@@ -1,7 +1,14 @@
 """The library floor: layers, models and instrumentation in plain PyTorch."""
 from .cnn import TinyCNN
-from .instrument import (angular_distances, block_grad_norms, capture_residuals, hidden_states,
-                         layer_drop_deltas, residual_stats, skip_block)
+from .instrument import (
+                         angular_distances,
+                         block_grad_norms,
+                         capture_residuals,
+                         hidden_states,
+                         layer_drop_deltas,
+                         residual_stats,
+                         skip_block,
+)
 from .mlp import MLP
 from .norms import create_norm, list_norms, register_norm
 from .recurrent import CharLSTM, LSTMClassifier, NormLSTM, NormLSTMCell
