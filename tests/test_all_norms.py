@@ -139,8 +139,16 @@ def test_throughput_relative_to_layernorm(data, broken):
         for kind in ("train", "infer"):
             assert tp.tokens_per_s(n, kind) > 0 and tp.relative(n, kind) > 0
     assert tp.tokens_per_call == 4 * 16
+    # the timing noise: quartiles of the per-round ratios bracket their median
+    for n in tp.train:
+        for kind in ("train", "infer"):
+            q1, q3 = tp.relative_quartiles(n, kind)
+            assert q1 <= tp.relative(n, kind) <= q3
+    assert tp.relative_quartiles("layernorm") == (1.0, 1.0)
+    assert all(math.isnan(q) for q in tp.relative_quartiles("zz-test-broken-init"))
     table = tp.table().set_index("norm")
     assert table.loc["layernorm", "train_rel"] == 1.0
+    assert {"train_rel_q1", "train_rel_q3", "infer_rel_q1", "infer_rel_q3"} <= set(table.columns)
     assert math.isnan(table.loc["zz-test-broken-init", "train_rel"])
     # without the baseline, relative throughput is undefined rather than made up
     tp2 = an.throughput(data, n_layer=1, d_model=16, n_head=2, batch_size=4, warmup=0, reps=2,
@@ -158,6 +166,15 @@ def test_registry_table(broken):
     assert "broken on purpose" in t.loc["zz-test-broken-init", "error"]
     assert not isinstance(t.loc["zz-test-broken-train", "error"], str)  # builds; fails in training
     assert t.loc["zz-test-broken-init", "summary"] == "A norm that cannot even be built."
+
+
+def test_summaries_show_math_as_plain_text():
+    assert an.plain_math(r"\gamma \odot \tanh(\alpha x) + \beta") == "γ ⊙ tanh(α x) + β"
+    assert (an.plain_math(r"\tanh(\lambda\, x / (\kappa \sqrt{v + \epsilon}))")
+            == "tanh(λ x / (κ √(v + ε)))")
+    assert an.plain_math(r"\mathrm{RMS}(x) \le \frac{a}{b}") == "RMS(x) ≤ (a)/(b)"
+    summaries = an.registry_table(8).summary
+    assert not any("\\" in s or ":math:" in s for s in summaries)
 
 
 def test_same_init_outside_the_norms():

@@ -338,6 +338,24 @@ def test_variants_build_and_share_initial_weights(variant):
     assert logits.shape == (2, 6, 256) and torch.isfinite(loss)
 
 
+def test_dyt_variants_scale_the_embeddings_as_the_official_llama_code():
+    # jiachenzhu/DyT other_tasks/LLaMA: embeddings x a learnable scalar initialised to sqrt(d)
+    kw = dict(n_layer=2, d_model=D, n_head=2, seq_len=6)
+    idx = torch.arange(6).view(1, 6)
+    for v in bx.VARIANTS:
+        torch.manual_seed(1)
+        m = bx.build_model(v, **kw)
+        torch.manual_seed(1)
+        ref = bx.build_model("RMSNorm", **kw)
+        assert torch.equal(m.tok_emb.weight, ref.tok_emb.weight)  # the scalar draws no random numbers
+        if v.startswith("DyT"):
+            assert m.emb_scale.requires_grad and m.emb_scale.item() == pytest.approx(D ** 0.5)
+            torch.testing.assert_close(m.embed(idx) - m.pos_emb(torch.arange(6)),
+                                       ref.tok_emb(idx) * D ** 0.5)
+        else:
+            assert m.emb_scale is None
+
+
 def test_training_is_deterministic_and_refreshes_c():
     tokens = ByteTokenizer().encode("def f(x):\n    return x * 2\n" * 40)
     tr, va = split_tokens(tokens, 0.2)

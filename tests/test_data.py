@@ -127,3 +127,11 @@ def test_unigram_loss_matches_entropy_and_beats_uniform():
     assert unigram_loss(toks, toks, vocab_size=256) < math.log(256)
     with pytest.raises(ReplibError):
         unigram_loss(torch.tensor([300]), torch.tensor([1]), vocab_size=256)
+
+
+def test_unigram_stalled_counts_runs_that_did_not_beat_byte_frequencies():
+    from replib.data import unigram_stalled
+    assert unigram_stalled(3.10, 3.12)  # at the unigram level
+    assert unigram_stalled(3.60, 3.12)  # worse than it
+    assert not unigram_stalled(2.50, 3.12)  # learned context
+    assert not unigram_stalled(math.nan, 3.12)  # diverged runs are counted as divergences, not here

@@ -64,6 +64,27 @@ def test_seed_dots_marks_diverged_seeds():
     plt.close(fig)
 
 
+def test_seed_dots_without_bars_works_on_a_log_axis():
+    fig, ax = plt.subplots()
+    ax.set_yscale("log")
+    seed_dots(ax, {"a": [1e-3, 2e-3], "b": [10.0, math.nan]}, ylabel="ratio", bars=False)
+    assert not ax.patches  # no bars rising from an arbitrary floor
+    assert len(ax.collections) >= 2 and [t.get_text() for t in ax.texts] == ["1 diverged"]
+    fig.canvas.draw()
+    plt.close(fig)
+
+
+def test_seed_dots_takes_a_colour_per_group():
+    from matplotlib.colors import to_rgba
+    fig, ax = plt.subplots()
+    seed_dots(ax, {"a": [1.0, 2.0], "b": [3.0, 4.0]}, ylabel="loss", colors={"a": "red", "b": "blue"},
+              markers={"b": "s"})
+    from matplotlib.collections import PathCollection
+    dots = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert [tuple(c.get_facecolor()[0]) for c in dots] == [to_rgba("red"), to_rgba("blue")]
+    plt.close(fig)
+
+
 def test_dirty_means_modified_code_not_written_results(tmp_path):
     import shutil
     from pathlib import Path

@@ -1,7 +1,7 @@
 """One figure style for the whole book, and helpers that always show the spread over seeds."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -46,20 +46,28 @@ def mean_band(ax: plt.Axes, x: Sequence[float], runs: Sequence[Sequence[float]],
 
 
 def seed_dots(ax: plt.Axes, groups: Mapping[str, Sequence[float]], ylabel: str,
-              order: Sequence[str] | None = None) -> None:
-    """One column per group: every seed as a dot, the mean as a bar with ± one std."""
+              order: Sequence[str] | None = None, bars: bool = True,
+              colors: Mapping[str, Any] | None = None, markers: Mapping[str, str] | None = None) -> None:
+    """One column per group: every seed as a dot, the mean ± one std as a bar with error bars, or,
+    with ``bars=False``, as a short line with error bars (for log or zoomed axes, where a bar's
+    height from the axis floor means nothing). ``colors``/``markers`` map a group to its style
+    (a chapter's colour per variant); the default is the theme's palette in column order."""
     names = list(order or groups)
     for i, name in enumerate(names):
         vals = np.asarray(groups[name], dtype=float)
         fin = vals[np.isfinite(vals)]
-        color = sns.color_palette()[i % 10]
+        color = colors[name] if colors else sns.color_palette()[i % 10]
         if len(fin):
-            ax.bar(i, fin.mean(), color=color, alpha=0.35, width=0.6,
-                   yerr=fin.std(ddof=1) if len(fin) > 1 else None, capsize=4)
+            std = fin.std(ddof=1) if len(fin) > 1 else None
+            if bars:
+                ax.bar(i, fin.mean(), color=color, alpha=0.35, width=0.6, yerr=std, capsize=4)
+            else:
+                ax.errorbar(i, fin.mean(), yerr=std, color=color, marker="_", markersize=22,
+                            capsize=4, lw=1.2, zorder=2)
             ax.scatter(np.full(len(fin), i) + np.linspace(-0.12, 0.12, len(fin)), fin,
-                       color=color, zorder=3, s=18)
+                       color=color, marker=(markers or {}).get(name, "o"), zorder=3, s=18)
         if len(fin) < len(vals):
-            ax.annotate(f"{len(vals) - len(fin)} diverged", (i, 0), ha="center",
-                        xytext=(0, 4), textcoords="offset points", fontsize=8, color="#c62828")
+            ax.annotate(f"{len(vals) - len(fin)} diverged", (i, 0), xycoords=("data", "axes fraction"),
+                        ha="center", xytext=(0, 4), textcoords="offset points", fontsize=8, color="#c62828")
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel(ylabel)

@@ -10,8 +10,9 @@ from .text import (
                    split_tokens,
                    stdlib_corpus,
                    unigram_loss,
+                   unigram_stalled,
 )
 
 __all__ = ["REMOTES", "ByteTokenizer", "CharTokenizer", "Corpus", "Split", "fetch",
            "lm_batches", "lm_eval_windows", "load_remote_text", "load_tabular", "minibatches",
-           "split_tokens", "stdlib_corpus", "unigram_loss"]
+           "split_tokens", "stdlib_corpus", "unigram_loss", "unigram_stalled"]

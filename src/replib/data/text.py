@@ -7,6 +7,7 @@ Byte- and character-level tokenisation and language-model batching live here too
 from __future__ import annotations
 
 import hashlib
+import math
 import platform
 import sysconfig
 from dataclasses import dataclass, field
@@ -131,3 +132,9 @@ def unigram_loss(train_tokens: torch.Tensor, targets: torch.Tensor, vocab_size: 
         raise ReplibError(f"token ids exceed vocab_size={vocab_size}")
     logp = torch.log((counts + smoothing) / (counts.sum() + smoothing * vocab_size))
     return float(-logp[targets.flatten().long().cpu()].mean())
+
+
+def unigram_stalled(loss: float, unigram: float, margin: float = 0.05) -> bool:
+    """A finite final ``loss`` that did not get ``margin`` below the unigram loss: the model learned
+    token frequencies and little or nothing else (a diverged, non-finite loss is not counted here)."""
+    return math.isfinite(loss) and loss > unigram - margin

@@ -50,11 +50,30 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}{where}"
 
 
+_TEX = {"alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ", "epsilon": "ε", "varepsilon": "ε",
+        "kappa": "κ", "lambda": "λ", "mu": "μ", "sigma": "σ", "odot": "⊙", "cdot": "·", "times": "×",
+        "sqrt": "√", "sum": "Σ", "le": "≤", "ge": "≥", "ell": "ℓ"}
+
+
+def plain_math(tex: str) -> str:
+    r"""LaTeX of a one-line formula as plain text for a table cell: Greek letters and operators
+    as Unicode, ``\sqrt{x}`` as ``√(x)``, ``\frac{a}{b}`` as ``(a)/(b)``, other commands by their
+    name, spacing commands dropped (``\gamma \odot \tanh(\alpha x)`` becomes ``γ ⊙ tanh(α x)``)."""
+    s = re.sub(r"\\[,;:! ]", "", tex)
+    s = re.sub(r"\\sqrt\{([^{}]*)\}", r"√(\1)", s)
+    s = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)", s)
+    s = re.sub(r"\\(?:mathrm|operatorname|text|mathbf)\{([^{}]*)\}", r"\1", s)
+    s = re.sub(r"\\([A-Za-z]+)", lambda m: _TEX.get(m.group(1), m.group(1)), s)
+    return re.sub(r"\s+", " ", s.replace("{", "").replace("}", "")).strip()
+
+
 def summary_line(obj: object) -> str:
-    """The first line of ``obj``'s docstring (empty when it has none), reST roles made plain."""
+    """The first line of ``obj``'s docstring (empty when it has none), reST roles made plain and
+    inline math as plain text (:func:`plain_math`)."""
     doc = inspect.getdoc(obj) or ""
     line = doc.strip().splitlines()[0] if doc.strip() else ""
-    return re.sub(r":math:`([^`]*)`", r"\1", line).replace("``", "`")  # reST roles to plain text
+    line = re.sub(r":math:`([^`]*)`", lambda m: plain_math(m.group(1)), line)
+    return line.replace("``", "`")  # reST literals to Markdown ones
 
 
 def registry_table(dim: int, norms: Iterable[str] | None = None) -> pd.DataFrame:
@@ -321,14 +340,29 @@ class Throughput:
             return 1.0
         return 1.0 / paired_ratio(timings[norm], timings[self.baseline])
 
+    def relative_quartiles(self, norm: str, kind: str = "train") -> tuple[float, float]:
+        """The first and third quartiles over interleaved rounds of ``t_baseline / t_norm``: the
+        timing noise around :meth:`relative` (its median); ``(1, 1)`` for the baseline."""
+        timings = getattr(self, kind)
+        if norm not in timings or self.baseline not in timings:
+            return math.nan, math.nan
+        if norm == self.baseline:
+            return 1.0, 1.0
+        r = [b / t for t, b in zip(timings[norm].seconds, timings[self.baseline].seconds)]
+        return float(np.percentile(r, 25)), float(np.percentile(r, 75))
+
     def table(self) -> pd.DataFrame:
         names = list(self.train) + [n for n in self.failures if n not in self.train]
         return pd.DataFrame([{
             "norm": n,
             "train_tok_per_s": self.tokens_per_s(n, "train"),
             "train_rel": self.relative(n, "train"),
+            "train_rel_q1": self.relative_quartiles(n, "train")[0],
+            "train_rel_q3": self.relative_quartiles(n, "train")[1],
             "infer_tok_per_s": self.tokens_per_s(n, "infer"),
             "infer_rel": self.relative(n, "infer"),
+            "infer_rel_q1": self.relative_quartiles(n, "infer")[0],
+            "infer_rel_q3": self.relative_quartiles(n, "infer")[1],
             "status": "failed: " + self.failures[n] if n in self.failures else "ok",
         } for n in names])
 
@@ -373,5 +407,5 @@ def throughput(data: LMData, *, n_layer: int, d_model: int, n_head: int, batch_s
 
 
 __all__ = ["BASELINE", "Benchmark", "NormRun", "Throughput", "benchmark", "largest_stable_lr",
-           "lm_data", "model_config", "registry_table", "run_norm", "same_init", "summary_line",
+           "lm_data", "model_config", "plain_math", "registry_table", "run_norm", "same_init", "summary_line",
            "throughput"]

@@ -1,10 +1,15 @@
 """Runs for the BHyT chapter (Byun et al. 2025, arXiv 2601.09719), with DyT as a baseline.
 
 One LLaMA-flavoured byte-level decoder (Pre-norm, no biases, normal(0, 0.02) init, no scaled init)
-in five variants that share every linear and embedding weight for a given seed:
+in five variants that share every linear and embedding weight for a given seed (the DyT
+variants add one scalar):
 
 - ``RMSNorm``: Pre-RMSNorm, the paper's baseline;
-- ``DyT a0=0.5`` and ``DyT a0=1.0``: every norm (final one too) replaced by DyT;
+- ``DyT a0=0.5`` and ``DyT a0=1.0``: every norm (final one too) replaced by DyT, and the token
+  embeddings multiplied by a learnable scalar initialised to :math:`\\sqrt{d}`
+  (``GPTConfig(embed_scale=True)``), as in the official DyT LLaMA code (jiachenzhu/DyT,
+  ``other_tasks/LLaMA/fms_fsdp/models/llama.py``: ``shared_scale``); without it a
+  statistics-free first norm sees embeddings of RMS 0.02;
 - ``BHyT``: :class:`~replib.nn.bhyt.BHyTGPT` (lam_in 2, lam_post 1, kappa 10, approximate v2,
   c_l refreshed every N = clamp(steps/50, 1, 1000) steps), RMSNorm before the head;
 - ``BHyT exact v2``: the same with the exact second statistic (ablation).
@@ -32,19 +37,22 @@ from ..train import History, lm_loss, train, warmup_cosine
 
 VARIANTS: dict[str, dict] = {
     "RMSNorm": dict(norm="rmsnorm"),
-    "DyT a0=0.5": dict(norm="dyt", norm_kwargs={"alpha0": 0.5}),
-    "DyT a0=1.0": dict(norm="dyt", norm_kwargs={"alpha0": 1.0}),
+    # DyT: the official LLaMA recipe's learnable sqrt(d) embedding multiplier (embed_scale)
+    "DyT a0=0.5": dict(norm="dyt", norm_kwargs={"alpha0": 0.5}, embed_scale=True),
+    "DyT a0=1.0": dict(norm="dyt", norm_kwargs={"alpha0": 1.0}, embed_scale=True),
     "BHyT": dict(bhyt=True, exact_second=False),
     "BHyT exact v2": dict(bhyt=True, exact_second=True),
 }
 
 
 def llama_config(*, n_layer: int, d_model: int, n_head: int, seq_len: int, norm: str = "rmsnorm",
-                 norm_kwargs: dict | None = None, vocab_size: int = 256) -> GPTConfig:
-    """Pre-norm, bias-free, plain normal(0, 0.02) init (as LLaMA); GELU MLP and learned positions."""
+                 norm_kwargs: dict | None = None, vocab_size: int = 256,
+                 embed_scale: bool = False) -> GPTConfig:
+    """Pre-norm, bias-free, plain normal(0, 0.02) init (as LLaMA); GELU MLP and learned positions.
+    ``embed_scale``: token embeddings times a learnable scalar initialised to sqrt(d_model)."""
     return GPTConfig(vocab_size=vocab_size, seq_len=seq_len, n_layer=n_layer, n_head=n_head,
                      d_model=d_model, norm=norm, norm_kwargs=dict(norm_kwargs or {}),
-                     placement="pre", bias=False, scaled_init=False)
+                     placement="pre", bias=False, scaled_init=False, embed_scale=embed_scale)
 
 
 def build_model(variant: str, *, n_layer: int, d_model: int, n_head: int, seq_len: int) -> nn.Module:
@@ -55,7 +63,8 @@ def build_model(variant: str, *, n_layer: int, d_model: int, n_head: int, seq_le
     shape = dict(n_layer=n_layer, d_model=d_model, n_head=n_head, seq_len=seq_len)
     if spec.get("bhyt"):
         return BHyTGPT(llama_config(**shape), exact_second=spec["exact_second"])
-    return TinyGPT(llama_config(**shape, norm=spec["norm"], norm_kwargs=spec.get("norm_kwargs")))
+    return TinyGPT(llama_config(**shape, norm=spec["norm"], norm_kwargs=spec.get("norm_kwargs"),
+                                embed_scale=spec.get("embed_scale", False)))
 
 
 @dataclass
