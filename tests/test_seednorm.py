@@ -149,7 +149,23 @@ def test_extra_parameters_are_two_d_per_norm():
     delta, n_norms = sn.norm_param_delta("SeeDNorm", **size)
     assert n_norms == 2 * 3 + 1 and delta == 2 * 16 * n_norms
     assert sn.norm_param_delta("SeeDNorm-MH", **size)[0] == delta
-    assert sn.norm_param_delta("DyT", **size)[0] == (16 + 1) * n_norms
+    # DyT: weight, bias (D each) and alpha per norm, over RMSNorm's D, plus its one embedding scale
+    assert sn.norm_param_delta("DyT", **size)[0] == (16 + 1) * n_norms + 1
+
+
+def test_only_dyt_gets_its_recipes_learnable_sqrt_d_embedding_scale():
+    size = dict(n_layer=1, d_model=16, n_head=2, seq_len=8)
+    for label in sn.VARIANTS:
+        m = sn.gpt(label, **size)
+        if label == "DyT":
+            assert m.emb_scale is not None and m.emb_scale.requires_grad
+            assert m.emb_scale.item() == pytest.approx(4.0)  # sqrt(16)
+            idx = torch.randint(0, 256, (2, 8))
+            torch.testing.assert_close(m.embed(idx), 4.0 * m.tok_emb(idx) + m.pos_emb(torch.arange(8)))
+        else:
+            assert m.emb_scale is None
+    assert sn.lm_model_kwargs("DyT") == {"norm_kwargs": {}, "embed_scale": True}
+    assert sn.lm_model_kwargs("SeeDNorm-MH") == {"norm_kwargs": {"heads": sn.MH_HEADS}}
 
 
 def test_dyt_formula():
@@ -192,8 +208,9 @@ def test_lm_run_is_deterministic_and_every_variant_trains():
     a, b = (sn.lm_run("SeeDNorm", 3, data, **kw) for _ in range(2))
     assert a.loss == b.loss and a.val_loss == b.val_loss
     for label in sn.VARIANTS:
-        r = sn.lm_run(label, 0, data, **kw)
+        r = sn.lm_run(label, 0, data, **kw, keep_model=True)
         assert math.isfinite(r.final_val_bpb) and math.isfinite(sn.val_auc(r))
+        assert (r.model.emb_scale is not None) == (label == "DyT")  # the trained model has it too
 
 
 def test_val_auc_trapezoid():

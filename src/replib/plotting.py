@@ -64,7 +64,7 @@ def seed_dots(ax: plt.Axes, groups: Mapping[str, Sequence[float]], ylabel: str,
             else:
                 ax.errorbar(i, fin.mean(), yerr=std, color=color, marker="_", markersize=22,
                             capsize=4, lw=1.2, zorder=2)
-            ax.scatter(np.full(len(fin), i) + np.linspace(-0.12, 0.12, len(fin)), fin,
+            ax.scatter(i + (np.linspace(-0.12, 0.12, len(fin)) if len(fin) > 1 else 0.0), fin,
                        color=color, marker=(markers or {}).get(name, "o"), zorder=3, s=18)
         if len(fin) < len(vals):
             ax.annotate(f"{len(vals) - len(fin)} diverged", (i, 0), xycoords=("data", "axes fraction"),

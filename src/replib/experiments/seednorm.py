@@ -11,7 +11,9 @@ r"""Chapter 04 (SeeDNorm, Cai et al. 2025, arXiv 2510.22777): the runners behind
 - :func:`step_times`: fair, interleaved timing of one TinyGPT training step per variant
   (:func:`replib.timing.compare`) on the same batch, and :func:`norm_param_delta`.
 
-The variants (``VARIANTS``) map a label to a registry norm and its keyword arguments.
+The variants (``VARIANTS``) map a label to a registry norm and its keyword arguments;
+``LM_MODEL_KWARGS`` holds what a variant's own recipe changes in the language model outside the
+norms (DyT's learnable :math:`\sqrt{d}` embedding scale).
 """
 from __future__ import annotations
 
@@ -42,6 +44,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "SeeDNorm-MH": ("seednorm", {"heads": MH_HEADS}),
 }
 
+#: Language-model settings outside the norms that belong to a variant's own recipe. DyT's official
+#: LLaMA code (jiachenzhu/DyT, ``other_tasks/LLaMA/fms_fsdp/models/llama.py``) multiplies the token
+#: embeddings by a learnable scalar initialised to :math:`\sqrt{d}` (``shared_scale``), so that its
+#: statistics-free first norm sees inputs of a useful size; every other variant keeps TinyGPT's
+#: plain embeddings. The ViT has no such element.
+LM_MODEL_KWARGS: dict[str, dict] = {"DyT": {"embed_scale": True}}
+
 
 def variant(label: str) -> tuple[str, dict]:
     """``(norm name, norm kwargs)`` of a variant label in ``VARIANTS``."""
@@ -51,19 +60,27 @@ def variant(label: str) -> tuple[str, dict]:
     return name, dict(kw)
 
 
+def lm_model_kwargs(label: str) -> dict:
+    """The :class:`~replib.nn.GPTConfig` settings of variant ``label``'s language model beyond
+    ``norm``: its norm kwargs, plus ``LM_MODEL_KWARGS[label]`` (DyT: ``embed_scale=True``)."""
+    _, kwargs = variant(label)
+    return {"norm_kwargs": kwargs, **LM_MODEL_KWARGS.get(label, {})}
+
+
 # ----------------------------------------------------------------------------- language model
 def lm_run(label: str, seed: int, data: LMData, *, n_layer: int, d_model: int, n_head: int,
            batch_size: int, steps: int, log_every: int, lr: float = 1e-3,
            device: torch.device | str = "cpu", **kw) -> PlacementRun:
-    """Train one Pre-norm TinyGPT whose every norm (both per block and the final one) is ``label``.
+    """Train one Pre-norm TinyGPT whose every norm (both per block and the final one) is ``label``;
+    DyT's model also gets its recipe's learnable embedding scale (``LM_MODEL_KWARGS``).
 
     The same ``seed`` gives the same batches for every variant, and the same initial weights
     outside the norms (no variant here draws random numbers when it is built).
     """
-    name, kwargs = variant(label)
+    name, _ = variant(label)
     return run_placement("pre", seed, lr, data, n_layer=n_layer, d_model=d_model, n_head=n_head,
                          batch_size=batch_size, steps=steps, log_every=log_every, norm=name,
-                         model_kwargs={"norm_kwargs": kwargs}, device=device, **kw)
+                         model_kwargs=lm_model_kwargs(label), device=device, **kw)
 
 
 def val_auc(run: PlacementRun) -> float:
@@ -155,14 +172,16 @@ def loglog_slope(cs, values) -> float:
 
 # ----------------------------------------------------------------------------- overhead
 def gpt(label: str, *, n_layer: int, d_model: int, n_head: int, seq_len: int) -> TinyGPT:
-    """A Pre-norm byte-level TinyGPT whose norms are variant ``label``."""
-    name, kwargs = variant(label)
+    """A Pre-norm byte-level TinyGPT whose norms are variant ``label`` (C1's model: with
+    ``LM_MODEL_KWARGS``, so DyT's has the learnable embedding scale)."""
+    name, _ = variant(label)
     return TinyGPT(GPTConfig(vocab_size=256, seq_len=seq_len, n_layer=n_layer, n_head=n_head,
-                             d_model=d_model, norm=name, norm_kwargs=kwargs, placement="pre"))
+                             d_model=d_model, norm=name, placement="pre", **lm_model_kwargs(label)))
 
 
 def norm_param_delta(label: str, baseline: str = "RMSNorm", **size) -> tuple[int, int]:
-    """``(extra parameters of variant label over baseline, number of norm layers)`` in TinyGPT."""
+    """``(extra parameters of variant label over baseline, number of norm layers)`` in TinyGPT
+    (:func:`gpt`; DyT's count includes its one embedding-scale parameter)."""
     a, b = gpt(label, **size), gpt(baseline, **size)
     n_norms = 2 * size["n_layer"] + 1
     return a.num_params() - b.num_params(), n_norms
@@ -186,6 +205,6 @@ def step_times(labels, seed: int, *, n_layer: int, d_model: int, n_head: int, se
         return timing.compare(fns, device, warmup=warmup, reps=reps)
 
 
-__all__ = ["MH_HEADS", "VARIANTS", "ViTRun", "gpt", "jacobian_scaling", "lm_run",
-           "loglog_slope", "norm_param_delta", "step_times", "val_auc", "variant",
-           "vit_run"]
+__all__ = ["LM_MODEL_KWARGS", "MH_HEADS", "VARIANTS", "ViTRun", "gpt", "jacobian_scaling",
+           "lm_model_kwargs", "lm_run", "loglog_slope", "norm_param_delta", "step_times", "val_auc",
+           "variant", "vit_run"]
