@@ -121,3 +121,10 @@ def test_progress_bar_honours_tqdm_disable():
         return out.stdout.split()
     assert run(TQDM_DISABLE="1") == ["True", "True"]  # what a book build sets for every kernel
     assert run() == ["False", "True"]
+
+
+def test_mean_band_geometric_takes_the_mean_of_logs():
+    fig, ax = plt.subplots()
+    mean_band(ax, [0, 1], [[1.0, 1.0], [100.0, 10000.0]], "g", geometric=True)
+    assert np.allclose(ax.lines[0].get_ydata(), [10.0, 100.0])
+    plt.close(fig)

@@ -26,19 +26,25 @@ def theme() -> None:
 
 
 def mean_band(ax: plt.Axes, x: Sequence[float], runs: Sequence[Sequence[float]], label: str,
-              color=None, band: str = "minmax", **kw) -> None:
+              color=None, band: str = "minmax", geometric: bool = False, **kw) -> None:
     """Plot the mean over seeds as a line and the spread as a shaded band.
 
     ``runs`` holds one curve per seed (NaN where a run diverged or stopped); ``band`` is
     ``"minmax"`` (the full range of seeds) or ``"std"`` (mean ± one standard deviation).
+    ``geometric=True`` takes mean and std of the logarithm (for positive values on a log axis,
+    where one large seed would otherwise dominate the arithmetic mean).
     """
     y = np.asarray(runs, dtype=float)
     if y.ndim == 1:
         y = y[None]
+    if geometric:
+        y = np.log(y)
     with np.errstate(all="ignore"):
         mean = np.nanmean(y, axis=0)
         lo, hi = ((np.nanmin(y, axis=0), np.nanmax(y, axis=0)) if band == "minmax" else
                   (mean - np.nanstd(y, axis=0), mean + np.nanstd(y, axis=0)))
+    if geometric:
+        mean, lo, hi = np.exp(mean), np.exp(lo), np.exp(hi)
     n = y.shape[0]
     (line,) = ax.plot(x, mean, label=f"{label} ({n} runs)" if n > 1 else label, color=color, **kw)
     if n > 1:
