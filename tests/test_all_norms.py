@@ -173,6 +173,7 @@ def test_summaries_show_math_as_plain_text():
     assert (an.plain_math(r"\tanh(\lambda\, x / (\kappa \sqrt{v + \epsilon}))")
             == "tanh(λ x / (κ √(v + ε)))")
     assert an.plain_math(r"\mathrm{RMS}(x) \le \frac{a}{b}") == "RMS(x) ≤ (a)/(b)"
+    assert an.plain_math(r"x / \sqrt{\mathrm{mean}(x^2) + \epsilon}") == "x / √(mean(x^2) + ε)"
     summaries = an.registry_table(8).summary
     assert not any("\\" in s or ":math:" in s for s in summaries)
 

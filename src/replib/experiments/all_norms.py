@@ -60,9 +60,9 @@ def plain_math(tex: str) -> str:
     as Unicode, ``\sqrt{x}`` as ``√(x)``, ``\frac{a}{b}`` as ``(a)/(b)``, other commands by their
     name, spacing commands dropped (``\gamma \odot \tanh(\alpha x)`` becomes ``γ ⊙ tanh(α x)``)."""
     s = re.sub(r"\\[,;:! ]", "", tex)
+    s = re.sub(r"\\(?:mathrm|operatorname|text|mathbf)\{([^{}]*)\}", r"\1", s)  # first: frees nested braces
     s = re.sub(r"\\sqrt\{([^{}]*)\}", r"√(\1)", s)
     s = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)", s)
-    s = re.sub(r"\\(?:mathrm|operatorname|text|mathbf)\{([^{}]*)\}", r"\1", s)
     s = re.sub(r"\\([A-Za-z]+)", lambda m: _TEX.get(m.group(1), m.group(1)), s)
     return re.sub(r"\s+", " ", s.replace("{", "").replace("}", "")).strip()
 
