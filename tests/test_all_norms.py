@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from replib.data import lm_batches, stdlib_corpus
+from replib.data import lm_batches, book_corpus
 from replib.experiments import all_norms as an
 from replib.nn import list_norms
 from replib.nn import norms as registry
@@ -16,7 +16,7 @@ TINY = dict(n_layer=1, d_model=16, n_head=2, batch_size=4, steps=3)
 
 @pytest.fixture(scope="module")
 def data():
-    return an.lm_data(stdlib_corpus().text[:20000], seq_len=16, val_windows=4)
+    return an.lm_data(book_corpus().text[:20000], seq_len=16, val_windows=4)
 
 
 class _BrokenAtInit(nn.Module):

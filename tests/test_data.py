@@ -1,9 +1,18 @@
 import hashlib
+import lzma
 import math
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
 
+import replib.data
+import replib.data.text as text_module
 from replib import ReplibError
 from replib.data import (
     REMOTES,
@@ -15,9 +24,10 @@ from replib.data import (
     load_remote_text,
     load_tabular,
     minibatches,
+    book_corpus,
     split_tokens,
-    stdlib_corpus,
 )
+from replib.data.text import BOOK_CORPUS_SHA256, corpus_path
 from replib.data.download import Remote
 
 
@@ -47,10 +57,57 @@ def test_minibatches_cover_an_epoch_without_repeats():
     assert sorted(seen.tolist()) == list(range(10))
 
 
-def test_stdlib_corpus_is_stable_and_recorded():
-    a, b = stdlib_corpus(), stdlib_corpus()
-    assert a.sha256 == b.sha256 == hashlib.sha256(a.text.encode()).hexdigest()
-    assert len(a.text) > 500_000 and a.provenance()["python"]
+def test_book_corpus_is_the_shipped_text_and_recorded():
+    a = book_corpus()
+    assert a.sha256 == hashlib.sha256(a.text.encode()).hexdigest() == BOOK_CORPUS_SHA256
+    assert len(a.text) == 1_497_642 and a.text.startswith("# Author: Steven J. Bethard")
+    prov = a.provenance()
+    assert prov["sha256"] == BOOK_CORPUS_SHA256 and "python" not in prov and prov["licence"]
+
+
+def test_book_corpus_never_reads_the_running_pythons_stdlib(monkeypatch, tmp_path):
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: {"stdlib": str(tmp_path)})
+    assert book_corpus().sha256 == BOOK_CORPUS_SHA256
+    assert Path(str(corpus_path())).is_relative_to(Path(replib.data.__file__).parent)
+
+
+@pytest.mark.parametrize("damage", ["modified", "truncated"])
+def test_a_damaged_corpus_is_refused(monkeypatch, tmp_path, damage):
+    raw = lzma.decompress(Path(str(corpus_path())).read_bytes())
+    bad = raw.replace(b"def ", b"def  ", 1) if damage == "modified" else raw[:1000]
+    fake = tmp_path / "c.txt.xz"
+    fake.write_bytes(lzma.compress(bad) if damage == "modified" else lzma.compress(raw)[:5000])
+    monkeypatch.setattr(text_module, "corpus_path", lambda: fake)
+    with pytest.raises(ReplibError, match="modified corpus|damaged"):
+        book_corpus()
+
+
+def _other_pythons() -> list[str]:
+    """Interpreters of other minor versions: pyenv's installs, else pythonX.Y on PATH."""
+    found = {}
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for exe in sorted(pyenv.glob("3.1[0-9]*/bin/python3")):
+        found.setdefault(exe.parts[-3].rsplit(".", 1)[0], str(exe))
+    for v in ("3.10", "3.12", "3.13"):
+        if v not in found and (exe := shutil.which(f"python{v}")):
+            found[v] = exe
+    mine = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    return [exe for v, exe in sorted(found.items()) if v != mine]
+
+
+OTHER_PYTHONS = _other_pythons()
+
+
+@pytest.mark.skipif(not OTHER_PYTHONS, reason="no second Python interpreter on this machine")
+@pytest.mark.parametrize("python", OTHER_PYTHONS)
+def test_other_pythons_read_the_same_bytes(python):
+    """The loader is lzma + sha256 over a shipped file: another interpreter reads the same text."""
+    code = ("import hashlib, lzma, sys; "
+            "print(hashlib.sha256(lzma.decompress(open(sys.argv[1], 'rb').read())).hexdigest())")
+    out = subprocess.run([python, "-c", code, str(corpus_path())], capture_output=True, text=True)
+    if out.returncode:  # a pyenv shim without that version installed
+        pytest.skip(out.stderr.strip().splitlines()[-1] if out.stderr else "interpreter failed")
+    assert out.stdout.strip() == BOOK_CORPUS_SHA256
 
 
 def test_tokenizers_round_trip():

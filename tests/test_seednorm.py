@@ -202,8 +202,8 @@ def test_patchify_and_vit_shapes():
 
 
 def test_lm_run_is_deterministic_and_every_variant_trains():
-    from replib.data import stdlib_corpus
-    data = pl.lm_data(stdlib_corpus().text[:200_000], seq_len=16, val_windows=4)
+    from replib.data import book_corpus
+    data = pl.lm_data(book_corpus().text[:200_000], seq_len=16, val_windows=4)
     kw = dict(n_layer=1, d_model=16, n_head=2, batch_size=4, steps=4, log_every=2)
     a, b = (sn.lm_run("SeeDNorm", 3, data, **kw) for _ in range(2))
     assert a.loss == b.loss and a.val_loss == b.val_loss

@@ -1,18 +1,18 @@
-"""Data that is available offline (scikit-learn, the Python standard library) and checked downloaders."""
+"""Data that is available offline (scikit-learn, the corpus shipped with replib) and checked downloaders."""
 from .download import REMOTES, fetch, load_remote_text
 from .tabular import Split, load_tabular, minibatches
 from .text import (
                    ByteTokenizer,
                    CharTokenizer,
                    Corpus,
+                   book_corpus,
                    lm_batches,
                    lm_eval_windows,
                    split_tokens,
-                   stdlib_corpus,
                    unigram_loss,
                    unigram_stalled,
 )
 
-__all__ = ["REMOTES", "ByteTokenizer", "CharTokenizer", "Corpus", "Split", "fetch",
+__all__ = ["REMOTES", "ByteTokenizer", "CharTokenizer", "Corpus", "Split", "book_corpus", "fetch",
            "lm_batches", "lm_eval_windows", "load_remote_text", "load_tabular", "minibatches",
-           "split_tokens", "stdlib_corpus", "unigram_loss", "unigram_stalled"]
+           "split_tokens", "unigram_loss", "unigram_stalled"]

@@ -1,24 +1,28 @@
-"""Text that is on every machine with Python: the standard library's own sources.
+"""The book's text corpus, byte- and character-level tokenisation, and language-model batching.
 
-The corpus is a fixed list of pure-Python stdlib modules, concatenated. Their text differs
-between Python versions, so every use records the corpus's sha256 and the Python version.
-Byte- and character-level tokenisation and language-model batching live here too.
+Every language-model chapter trains on one fixed text shipped with replib as package data: 25
+modules of the Python 3.11.7 standard library's sources, concatenated (1,497,642 characters), under
+the Python Software Foundation License (``corpus/LICENSE-PSF.txt``), which allows redistribution.
+Shipping the bytes, instead of reading the running interpreter's stdlib, gives Colab, a wheel and
+every Python version the same text; the loader checks its sha256 and refuses a modified file.
 """
 from __future__ import annotations
 
 import hashlib
+import lzma
 import math
-import platform
-import sysconfig
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 from typing import Iterator
 
 import torch
 
 from ..errors import ReplibError
 
-# Modules that exist as single files in CPython 3.10-3.13 (about 1.6 MB together).
+BOOK_CORPUS = "python-stdlib-3.11.7"
+BOOK_CORPUS_SHA256 = "e164c3a4c50e18d88c06838ac9315f51d31e03b4b973020a541e1c67f8926550"  # the text
+BOOK_CORPUS_LICENSE = "PSF-2.0"
+# The 25 single-file modules it was cut from, in order, joined by one newline.
 STDLIB_FILES = (
     "argparse.py", "ast.py", "calendar.py", "configparser.py", "csv.py", "dataclasses.py",
     "difflib.py", "doctest.py", "enum.py", "fractions.py", "functools.py", "heapq.py",
@@ -43,18 +47,31 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def stdlib_corpus(files: tuple[str, ...] = STDLIB_FILES) -> Corpus:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    parts = []
-    for name in files:
-        path = root / name
-        if not path.is_file():
-            raise ReplibError(f"standard-library file {path} is missing; this Python build does "
-                              "not ship its sources")
-        parts.append(path.read_text(encoding="utf-8"))
-    text = "\n".join(parts)
-    return Corpus("python-stdlib", text, sha256_text(text),
-                  {"python": platform.python_version(), "files": len(files)})
+def corpus_path():
+    """The shipped, xz-compressed corpus file (inside the installed package)."""
+    return resources.files(__package__).joinpath("corpus", f"{BOOK_CORPUS}.txt.xz")
+
+
+def book_corpus() -> Corpus:
+    """The book's fixed text, checked against its sha256: the same bytes on every machine.
+
+    The train/validation split is fixed by the file: :func:`split_tokens` holds out its last 10 %.
+    """
+    path = corpus_path()
+    try:
+        raw = lzma.decompress(path.read_bytes())
+        text = raw.decode("utf-8")
+    except FileNotFoundError:
+        raise ReplibError(f"the book corpus {path} is missing; reinstall replib") from None
+    except (lzma.LZMAError, UnicodeDecodeError) as e:
+        raise ReplibError(f"the book corpus {path} is damaged ({e}); reinstall replib") from None
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != BOOK_CORPUS_SHA256:
+        raise ReplibError(f"the book corpus {path} has sha256 {digest}, expected "
+                          f"{BOOK_CORPUS_SHA256}; refusing a modified corpus (reinstall replib)")
+    return Corpus(BOOK_CORPUS, text, digest,
+                  {"licence": BOOK_CORPUS_LICENSE, "source": "CPython 3.11.7 Lib/, "
+                   f"{len(STDLIB_FILES)} modules", "file": f"replib/data/corpus/{path.name}"})
 
 
 class ByteTokenizer:

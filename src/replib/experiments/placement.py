@@ -21,7 +21,7 @@ Outcome helpers: :func:`count_spikes`, :func:`is_divergent`, :func:`best_lr_rang
 
 Typical use::
 
-    data = lm_data(stdlib_corpus().text, seq_len=64, val_windows=32, device=device)
+    data = lm_data(book_corpus().text, seq_len=64, val_windows=32, device=device)
     run = run_placement("peri", seed=0, lr=3e-3, data=data, n_layer=8, d_model=64, n_head=4,
                         batch_size=16, steps=400, log_every=40, device=device)
     run.final_val_bpb, run.residual_std[-1], run.grad_norms[-1]
