@@ -1,8 +1,12 @@
 import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from replib import ReplibError, Rule, Stat, Verdict, graded, judge
+from replib.claims import (Health, better, fixed, no_worse, paired, parity, still_improving,
+                           undertrained_note)
 
 
 def test_graded():
@@ -46,3 +50,116 @@ def test_claim_json_round_trip_keeps_nan_as_divergence():
     assert d["metrics"]["x"] == [1.0, None] and d["analog"] is True
     back = type(c).from_json(d)
     assert back.verdict is Verdict.INCONCLUSIVE and back.metrics["x"].n_diverged == 1
+
+
+# ---- the verdict machinery's known answers: paired intervals, gates, fixed verdicts
+
+def _seeds(center, spread, n=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return list(center + spread * rng.standard_normal(n))
+
+
+def test_paired_t_interval_matches_scipy_and_three_seeds_are_wide():
+    p = paired([1.0, 2.0, 4.0], [0.5, 1.0, 2.5], names=("A", "B"))
+    assert p.diffs == (0.5, 1.0, 1.5) and p.mean == pytest.approx(1.0)
+    lo, hi = p.interval
+    ref = stats.t.interval(0.95, 2, loc=1.0, scale=stats.sem([0.5, 1.0, 1.5]))
+    assert (lo, hi) == pytest.approx(ref)
+    assert hi - lo == pytest.approx(2 * 4.3027 * 0.5 / math.sqrt(3), rel=1e-4)  # t_{0.975,2} = 4.30
+    assert paired([1.0], [0.0]).interval == (-math.inf, math.inf)  # one seed: no interval
+    with pytest.raises(ReplibError, match="same seeds"):
+        paired([1, 2], [1, 2, 3])
+
+
+def test_a_large_effect_is_replicated():
+    base = _seeds(3.0, 0.05)
+    rule = better("new", "old", metric="val loss")
+    c = judge("C1", "s", paper="p", rule=rule,
+              metrics={"new": [b - 0.3 + 0.01 * i for i, b in enumerate(base)], "old": base})
+    assert c.verdict is Verdict.REPLICATED and "new − old = -0.28" in c.qualifiers[0]
+
+
+def test_pure_noise_is_inconclusive():
+    rule = better("new", "old", metric="val loss")
+    c = judge("C1", "s", paper="p", rule=rule,
+              metrics={"new": _seeds(3.0, 0.05, seed=1), "old": _seeds(3.0, 0.05, seed=2)})
+    assert c.verdict is Verdict.INCONCLUSIVE
+
+
+def test_a_reversal_is_not_replicated_and_never_partial():
+    base = _seeds(3.0, 0.05)
+    rule = better("new", "old", metric="val loss")
+    c = judge("C1", "s", paper="p", rule=rule, metrics={"new": [b + 0.2 for b in base], "old": base})
+    assert c.verdict is Verdict.NOT_REPLICATED
+    higher = better("new", "old", metric="accuracy", lower_is_better=False, min_effect=0.01)
+    assert higher({"new": Stat.of([0.80, 0.81, 0.82]), "old": Stat.of([0.70, 0.70, 0.71])}) is Verdict.REPLICATED
+    assert higher({"new": Stat.of([0.70, 0.70, 0.71]), "old": Stat.of([0.80, 0.81, 0.82])}) is Verdict.NOT_REPLICATED
+
+
+def test_a_small_consistent_effect_below_the_minimum_is_not_replicated():
+    # paired differences of -0.005 +- 0.001: real, but the claim is "better by more than 0.05"
+    rule = better("new", "old", metric="loss", min_effect=0.05)
+    old = [3.0, 3.1, 3.2, 3.3, 3.4]
+    new = [o - 0.005 + 0.001 * (i % 2) for i, o in enumerate(old)]
+    assert rule({"new": Stat.of(new), "old": Stat.of(old)}) is Verdict.NOT_REPLICATED
+
+
+def test_an_arm_that_never_trains_makes_the_claim_inconclusive():
+    health = Health(reference=4.5, margin=0.05)
+    rule = better("new", "old", metric="val loss", health=health)
+    stalled = [4.49, 4.50, 4.52]  # at the unigram loss: learned token counts, nothing else
+    c = judge("C1", "s", paper="p", rule=rule, metrics={"new": [2.0, 2.1, 2.05], "old": stalled})
+    assert c.verdict is Verdict.INCONCLUSIVE
+    assert "health gate failed" in c.qualifiers[0] and "old did not beat the unigram loss" in c.qualifiers[0]
+    assert "Health gates first" in c.rule
+    diverged = judge("C1", "s", paper="p", rule=rule,
+                     metrics={"new": [2.0, math.nan, 2.05], "old": [3.0, 3.1, 3.05]})
+    assert diverged.verdict is Verdict.INCONCLUSIVE and "new diverged in 1/3" in diverged.qualifiers[0]
+    acc = Health(reference=0.1, margin=0.05, lower_is_better=False, name="chance accuracy")
+    assert acc.failures({"x": Stat.of([0.12, 0.9])}, ["x"]) == [
+        "x did not beat the chance accuracy (0.1) by 0.05 in 1/2 seeds"]
+    with pytest.raises(ReplibError, match="needs the arms"):
+        Rule("r", lambda m: Verdict.REPLICATED, health=health)
+
+
+def test_parity_and_non_inferiority():
+    old = [3.0, 3.1, 3.2]
+    same = parity("new", "old", metric="loss", tol=0.01)
+    assert same({"new": Stat.of([x + 0.001 for x in old]), "old": Stat.of(old)}) is Verdict.REPLICATED
+    # the 14 C2 case: mean gap just under the tolerance, worse in every seed: not a replication
+    gap = [0.0094, 0.0080, 0.0108]
+    assert same({"new": Stat.of([x + g for x, g in zip(old, gap)]), "old": Stat.of(old)}) is Verdict.INCONCLUSIVE
+    assert same({"new": Stat.of([x + 0.1 for x in old]), "old": Stat.of(old)}) is Verdict.NOT_REPLICATED
+    nw = no_worse("new", "old", metric="loss", tol=0.02)
+    assert nw({"new": Stat.of([x + 0.001 for x in old]), "old": Stat.of(old)}) is Verdict.REPLICATED
+    assert nw({"new": Stat.of([x + 0.2 for x in old]), "old": Stat.of(old)}) is Verdict.NOT_REPLICATED
+
+
+def test_fixed_verdicts_need_no_metrics_and_only_take_the_three_words():
+    c = judge("C3", "s", paper="p", rule=fixed(Verdict.REFERENCE, "the expansion is an identity"),
+              metrics={})
+    assert c.verdict is Verdict.REFERENCE and not c.verdict.judged and c.ours == "—"
+    assert fixed(Verdict.NOT_RUN, "gpu scale")({}) is Verdict.NOT_RUN
+    with pytest.raises(ReplibError, match="fixed rule"):
+        fixed(Verdict.REPLICATED, "no")
+
+
+def test_legacy_verdict_words_still_read():
+    assert Verdict("inconclusive at this scale") is Verdict.INCONCLUSIVE
+    assert Verdict("not testable at this scale") is Verdict.NOT_TESTABLE
+
+
+def test_undertraining_is_flagged_from_the_curve():
+    flat = [5.0, 3.0, 2.5, 2.40, 2.40, 2.40, 2.40, 2.40, 2.40, 2.40]
+    falling = [5.0, 4.5, 4.0, 3.6, 3.3, 3.0, 2.8, 2.6, 2.4, 2.2]
+    assert not still_improving(flat) and still_improving(falling)
+    assert still_improving([1.0, math.nan, 0.5]) is False
+    note = undertrained_note({"A": [flat, falling], "B": [flat]})
+    assert note.startswith("under-trained") and "A 1/2" in note and "B" not in note
+    assert undertrained_note({"B": [flat]}) == ""
+
+
+def test_rule_is_shown_before_the_run():
+    rule = better("new", "old", metric="loss", health=Health(4.5, 0.05))
+    md = rule._repr_markdown_()
+    assert md.startswith("**Rule, fixed before the run:**") and "0.05 below the unigram loss (4.5)" in md

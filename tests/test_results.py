@@ -83,3 +83,23 @@ def test_measurements_round_trip_and_are_validated(tmp_path):
     assert m["metrics"]["identity"] == [None, None] and m["summary"]["identity"]["n_diverged"] == 2
     with pytest.raises(ReplibError, match="no metrics"):
         exp.measure("empty", "nothing", {})
+
+
+def test_sweeps_qualifiers_and_legacy_verdicts_round_trip(tmp_path):
+    import math
+
+    from replib import lr_sweep
+    from replib.claims import Claim
+    exp = _experiment()
+    sweep = lr_sweep(["a"], [0.01, 0.1, 1.0], [0], lambda arm, lr, s: {"val": math.nan if lr == 1 else lr},
+                     select_on="val", progress=False)
+    exp.sweep("lr", sweep)
+    exp.claims["C1"].qualifiers.append("under-trained: a 1/1 seeds")
+    rec = results.read(exp.save(tmp_path))
+    assert rec["sweeps"]["lr"]["best"] == {"a": 0.01} and rec["sweeps"]["lr"]["runs"]["a"]["1"] == [{"val": None}]
+    assert rec["claims"][0]["qualifiers"] == ["under-trained: a 1/1 seeds"]
+    # a file written with the old vocabulary still reads, and maps onto the new words
+    rec["claims"][0]["verdict"] = "inconclusive at this scale"
+    (tmp_path / "old.json").write_text(json.dumps(rec))
+    old = results.read(tmp_path / "old.json")
+    assert Claim.from_json(old["claims"][0]).verdict.value == "inconclusive"

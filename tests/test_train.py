@@ -1,9 +1,10 @@
 import itertools
 import math
 
+import pytest
 import torch
 
-from replib import train
+from replib import ReplibError, lr_sweep, train
 
 
 def _setup(lr):
@@ -77,3 +78,29 @@ def test_torch_threads_restores():
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_lr_sweep_gives_every_arm_the_grid_and_judges_each_at_its_own_best():
+    # a known answer: arm "a" is best at lr 0.01, arm "b" at 0.1; lr 1.0 diverges for one seed of b
+    optimum = {"a": 0.01, "b": 0.1}
+
+    def run(arm, lr, seed):
+        if arm == "b" and lr == 1.0 and seed == 1:
+            return {"val": math.nan, "test": math.nan}
+        val = (math.log10(lr) - math.log10(optimum[arm])) ** 2 + 0.01 * seed
+        return {"val": val, "test": val + 0.5}
+
+    sweep = lr_sweep(["a", "b"], [1.0, 0.01, 0.1, 0.001], [0, 1], run, select_on="val", progress=False)
+    assert sweep.grid == (0.001, 0.01, 0.1, 1.0)
+    assert sweep.best_lr("a") == 0.01 and sweep.best_lr("b") == 0.1
+    assert sweep.at_best("b", "test") == [0.5, 0.51]
+    assert math.isnan(sweep.score("b", 1.0))  # a diverged seed makes that grid point ineligible
+    d = sweep.to_json()
+    assert d["best"] == {"a": 0.01, "b": 0.1} and d["runs"]["b"]["1"][1]["val"] is None
+    assert sweep.edge_note() == ""
+    edge = lr_sweep(["a"], [0.1, 1.0], [0], run, select_on="val", progress=False)
+    assert "a (0.1)" in edge.edge_note()
+    with pytest.raises(ReplibError, match="without repeats"):
+        lr_sweep(["a"], [0.1, 0.1], [0], run, select_on="val", progress=False)
+    with pytest.raises(ReplibError, match="returned no 'loss'"):
+        lr_sweep(["a"], [0.1], [0], run, select_on="loss", progress=False)

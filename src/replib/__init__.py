@@ -10,17 +10,19 @@ Floors, imports pointing down only:
 """
 from importlib.metadata import PackageNotFoundError, version
 
-from .claims import Claim, Rule, Stat, Verdict, graded, judge
+from .claims import (Claim, Health, Rule, Stat, Verdict, better, fixed, graded, judge, no_worse,
+                     paired, parity, undertrained_note)
 from .errors import ReplibError
 from .experiment import Experiment
 from .runtime import resolve_device, seed_everything
 from .show import show_source
-from .train import History, train
+from .train import History, Sweep, lr_sweep, train
 
 try:
     __version__ = version("replib")
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0+unknown"
 
-__all__ = ["Claim", "Experiment", "History", "ReplibError", "Rule", "Stat", "Verdict",
-           "graded", "judge", "resolve_device", "seed_everything", "show_source", "train"]
+__all__ = ["Claim", "Experiment", "Health", "History", "ReplibError", "Rule", "Stat", "Sweep",
+           "Verdict", "better", "fixed", "graded", "judge", "lr_sweep", "no_worse", "paired", "parity",
+           "resolve_device", "seed_everything", "show_source", "train", "undertrained_note"]

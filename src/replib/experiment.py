@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from . import provenance
-from .claims import Claim, Stat
+from .claims import Claim, Stat, Verdict
 from .errors import ReplibError
 from .results import results_dir, write
 from .runtime import resolve_device
@@ -42,6 +42,7 @@ class Experiment:
         self.seeds = resolve_seeds(scale, seeds)
         self.claims: dict[str, Claim] = {}
         self.measurements: dict[str, dict] = {}
+        self.sweeps: dict[str, dict] = {}
         self.data: dict[str, dict] = {}
         self.started_at = datetime.now(timezone.utc)
         self.git = provenance.git_commit()  # the code that runs is the code at the start
@@ -92,11 +93,23 @@ class Experiment:
         self.measurements[name] = entry
         return entry
 
+    def sweep(self, name: str, sweep) -> None:
+        """Record a learning-rate sweep (:class:`replib.train.Sweep`) in the results file."""
+        self.sweeps[name] = sweep.to_json()
+
     def verdict_table(self) -> pd.DataFrame:
+        """Claim, the paper's number, ours, the verdict and what qualifies it (gates, the paired
+        interval, under-training), then the rule."""
         rows = [{"claim": c.id + (" (analog)" if c.analog else ""), "paper": c.paper,
-                 "ours": c.ours, "rule": c.rule, "verdict": c.verdict.value,
+                 "ours": c.ours, "verdict": c.verdict.value,
+                 "qualified by": " · ".join(c.qualifiers), "rule": c.rule,
                  "scale": self.scale.name} for c in self.claims.values()]
-        return pd.DataFrame(rows, columns=["claim", "paper", "ours", "rule", "verdict", "scale"])
+        return pd.DataFrame(rows, columns=["claim", "paper", "ours", "verdict", "qualified by",
+                                           "rule", "scale"])
+
+    def counts(self) -> dict[str, int]:
+        """How many claims got each verdict (reference checks and not-run kept apart)."""
+        return {v.value: sum(c.verdict is v for c in self.claims.values()) for v in Verdict}
 
     def to_json(self) -> dict:
         return {
@@ -109,6 +122,7 @@ class Experiment:
             "wall_time_s": round(time.perf_counter() - self._t0, 2),
             "claims": [c.to_json() for c in self.claims.values()],
             "measurements": list(self.measurements.values()),
+            **({"sweeps": self.sweeps} if self.sweeps else {}),
         }
 
     def save(self, directory: Path | None = None) -> Path:

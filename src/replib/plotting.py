@@ -14,7 +14,9 @@ VERDICT_COLORS = {
     Verdict.PARTIAL: "#f9a825",
     Verdict.NOT_REPLICATED: "#c62828",
     Verdict.INCONCLUSIVE: "#757575",
-    Verdict.NOT_TESTABLE: "#9e9e9e",
+    Verdict.NOT_TESTABLE: "#6d6d6d",
+    Verdict.NOT_RUN: "#5c6bc0",
+    Verdict.REFERENCE: "#00796b",
 }
 
 
@@ -77,3 +79,36 @@ def seed_dots(ax: plt.Axes, groups: Mapping[str, Sequence[float]], ylabel: str,
                         ha="center", xytext=(0, 4), textcoords="offset points", fontsize=8, color="#c62828")
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel(ylabel)
+
+
+def lr_sweep(ax: plt.Axes, sweep: Mapping[str, Any], key: str | None = None, ylabel: str | None = None,
+             colors: Mapping[str, Any] | None = None, reference: float | None = None,
+             reference_label: str = "unigram") -> None:
+    """A learning-rate sweep (``Sweep.to_json()``): per arm, the mean of ``key`` (default the
+    selection metric) over seeds against the learning rate, every seed as a dot, diverged seeds
+    as crosses at the top, and each arm's best learning rate ringed."""
+    key = key or sweep["select_on"]
+    grid = np.asarray(sweep["grid"], dtype=float)
+    for i, (arm, lrs) in enumerate(sweep["runs"].items()):
+        color = colors[arm] if colors else sns.color_palette("colorblind", len(sweep["runs"]))[i]
+        per = np.array([[np.nan if r.get(key) is None else r[key] for r in lrs[f"{lr:g}"]]
+                        for lr in grid], dtype=float)  # (lr, seed)
+        with np.errstate(all="ignore"):
+            mean = np.where(np.isfinite(per).all(1), np.nanmean(per, 1), np.nan)
+        ax.plot(grid, mean, marker="o", color=color, label=arm)
+        for j in range(per.shape[1]):
+            ok = np.isfinite(per[:, j])
+            ax.scatter(grid[ok], per[ok, j], color=color, s=10, alpha=0.5, zorder=3)
+            if (~ok).any():
+                ax.scatter(grid[~ok], np.full((~ok).sum(), 1.0), marker="x", color=color,
+                           transform=ax.get_xaxis_transform(), clip_on=False, s=25)
+        best = sweep["best"].get(arm)
+        if best is not None:
+            k = int(np.argmin(np.abs(grid - best)))
+            ax.scatter([best], [mean[k]], s=140, facecolors="none", edgecolors=color, lw=1.5, zorder=4)
+    if reference is not None:
+        ax.axhline(reference, color="0.4", ls=":", lw=1, label=reference_label)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (same grid for every arm; ring = the arm's best)")
+    ax.set_ylabel(ylabel or key)
+    ax.legend(fontsize=8)

@@ -14,7 +14,7 @@ from typing import Any
 
 import jsonschema
 
-from .claims import Verdict
+from .claims import LEGACY_VERDICTS, Verdict
 from .errors import ReplibError
 from .scales import SCALES
 
@@ -48,12 +48,22 @@ SCHEMA: dict[str, Any] = {
                              "note", "metrics", "summary"],
                 "properties": {
                     "id": {"type": "string", "pattern": r"^C\d+[a-z0-9-]*$"},
-                    "verdict": {"enum": [v.value for v in Verdict]},
+                    "verdict": {"enum": [v.value for v in Verdict] + list(LEGACY_VERDICTS)},
                     "analog": {"type": "boolean"},
+                    "qualifiers": {"type": "array", "items": {"type": "string"}},
                     "metrics": {"type": "object",
                                 "additionalProperties": {"type": "array", "items": _number_or_null}},
                     "summary": {"type": "object"},
                 },
+            },
+        },
+        "sweeps": {  # optional: learning-rate sweeps, {name: Sweep.to_json()}
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["grid", "select_on", "lower_is_better", "seeds", "runs", "best"],
+                "properties": {"grid": {"type": "array", "items": {"type": "number"}, "minItems": 1},
+                               "runs": {"type": "object"}, "best": {"type": "object"}},
             },
         },
         "measurements": {  # optional: a benchmark's numbers that answer no paper claim
@@ -109,6 +119,7 @@ def write(record: dict, path: Path) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=1, allow_nan=False)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a record is for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -132,3 +143,19 @@ def latest(chapter: str, root: Path | None = None) -> dict[str, dict]:
     base = results_dir(root)
     return {scale: read(base / scale / f"{chapter}.json")
             for scale in SCALES if (base / scale / f"{chapter}.json").exists()}
+
+
+def check_all(base: Path) -> dict[Path, str]:
+    """Every unreadable file among ``base/<scale>/*.json``, with why (corrupt, foreign, another
+    schema version, or a record filed under another chapter's or scale's name)."""
+    bad = {}
+    for path in sorted(base.glob("*/*.json")):
+        try:
+            record = read(path)
+        except ReplibError as e:
+            bad[path] = str(e).removeprefix(f"{path}: ")
+            continue
+        if (record["chapter"], record["scale"]) != (path.stem, path.parent.name):
+            bad[path] = (f"holds {record['chapter']} at scale {record['scale']}, "
+                         f"not {path.stem} at {path.parent.name}")
+    return bad

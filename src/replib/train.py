@@ -1,15 +1,17 @@
 """A small training loop: progress with tqdm.auto, periodic evaluation, divergence as an outcome.
 
 A run whose loss turns NaN or infinite stops and says so in its :class:`History`; the caller
-records that seed as diverged instead of the notebook crashing.
+records that seed as diverged instead of the notebook crashing. :func:`lr_sweep` gives every arm of
+a comparison the same learning-rate grid and picks each arm's own best on a validation metric.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -159,3 +161,79 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.1,
     rest = [p for p in model.parameters() if p.dim() < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                               {"params": rest, "weight_decay": 0.0}], lr=lr, betas=betas)
+
+
+@dataclass
+class Sweep:
+    """Every arm trained at every learning rate of one grid, for every seed.
+
+    ``runs[arm][lr]`` is a list (one entry per seed) of the metric dicts the run function returned.
+    Each arm's best learning rate minimises (or maximises) the mean of ``select_on`` over seeds; a
+    learning rate where any seed diverged (non-finite ``select_on``) is not eligible. Judge arms at
+    :meth:`at_best`, on a metric other than ``select_on`` where the data has a test split.
+    """
+
+    grid: tuple[float, ...]
+    seeds: tuple[int, ...]
+    select_on: str
+    lower_is_better: bool
+    runs: dict[str, dict[float, list[dict[str, Any]]]]
+
+    def score(self, arm: str, lr: float) -> float:
+        vals = [float(r.get(self.select_on, math.nan)) for r in self.runs[arm][lr]]
+        if not vals or not all(math.isfinite(v) for v in vals):
+            return math.nan
+        return float(np.mean(vals))
+
+    def best_lr(self, arm: str) -> float | None:
+        """The arm's best learning rate; None when every grid point diverged for some seed."""
+        scored = [(self.score(arm, lr), lr) for lr in self.grid]
+        scored = [(s if self.lower_is_better else -s, lr) for s, lr in scored if math.isfinite(s)]
+        return min(scored)[1] if scored else None
+
+    def at_best(self, arm: str, key: str | None = None) -> list[Any]:
+        """Per-seed ``key`` (default ``select_on``) at the arm's best lr; NaN per seed if none."""
+        lr = self.best_lr(arm)
+        if lr is None:
+            return [math.nan] * len(self.seeds)
+        return [r.get(key or self.select_on, math.nan) for r in self.runs[arm][lr]]
+
+    def edge_note(self) -> str:
+        """Arms whose best learning rate is at an end of the grid (the optimum may lie beyond)."""
+        ends = {self.grid[0], self.grid[-1]}
+        hit = [f"{arm} ({lr:g})" for arm in self.runs if (lr := self.best_lr(arm)) in ends]
+        return (f"best learning rate at the grid's edge for {', '.join(hit)}: the optimum may lie "
+                "beyond the grid") if hit and len(self.grid) > 1 else ""
+
+    def to_json(self) -> dict:
+        def clean(v):
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if isinstance(v, (list, tuple)):
+                return [clean(x) for x in v]
+            return v
+        return {"grid": list(self.grid), "seeds": list(self.seeds), "select_on": self.select_on,
+                "lower_is_better": self.lower_is_better,
+                "runs": {arm: {f"{lr:g}": [{k: clean(v) for k, v in r.items()} for r in per]
+                               for lr, per in lrs.items()} for arm, lrs in self.runs.items()},
+                "best": {arm: self.best_lr(arm) for arm in self.runs}}
+
+
+def lr_sweep(arms: Sequence[str], grid: Sequence[float], seeds: Sequence[int],
+             run: Callable[[str, float, int], Mapping[str, Any]], *, select_on: str,
+             lower_is_better: bool = True, progress: bool = True) -> Sweep:
+    """Run ``run(arm, lr, seed)`` over the whole grid for every arm; the same grid for every arm.
+
+    ``run`` returns a dict of metrics (a diverged run returns NaN for them, it does not raise).
+    """
+    if len(grid) < 1 or len(set(grid)) != len(grid):
+        raise ReplibError(f"learning-rate grid {list(grid)} must be non-empty without repeats")
+    grid = tuple(sorted(float(g) for g in grid))
+    runs: dict[str, dict[float, list[dict[str, Any]]]] = {a: {lr: [] for lr in grid} for a in arms}
+    jobs = [(a, lr, s) for a in arms for lr in grid for s in seeds]
+    for arm, lr, seed in progress_bar(jobs, progress, desc="lr sweep", leave=False):
+        out = dict(run(arm, lr, seed))
+        if select_on not in out:
+            raise ReplibError(f"run({arm!r}, {lr:g}, {seed}) returned no {select_on!r}")
+        runs[arm][lr].append(out)
+    return Sweep(grid, tuple(seeds), select_on, lower_is_better, runs)

@@ -38,11 +38,14 @@ VERDICT_COLORS = {  # the figures' colours (replib.plotting), without importing 
     Verdict.PARTIAL.value: "#f9a825",
     Verdict.NOT_REPLICATED.value: "#c62828",
     Verdict.INCONCLUSIVE.value: "#757575",
-    Verdict.NOT_TESTABLE.value: "#9e9e9e",
+    Verdict.NOT_TESTABLE.value: "#6d6d6d",
+    Verdict.NOT_RUN.value: "#5c6bc0",
+    Verdict.REFERENCE.value: "#00796b",
 }
 SUMMARY_ORDER = [(Verdict.REPLICATED, "replicated"), (Verdict.PARTIAL, "partially replicated"),
                  (Verdict.NOT_REPLICATED, "not replicated"), (Verdict.INCONCLUSIVE, "inconclusive"),
-                 (Verdict.NOT_TESTABLE, "not testable")]
+                 (Verdict.NOT_TESTABLE, "not testable"), (Verdict.NOT_RUN, "not run"),
+                 (Verdict.REFERENCE, "reference checks (hold by construction; not replications)")]
 HEADER_TAG = "replib-header"
 INSTALL_RE = re.compile(r'(replib @ git\+)(https://[^"@\s]+)@([^"\s]+)"')
 
@@ -118,15 +121,17 @@ def scoreboard_markdown(root: Path, chapters: list[Chapter], results_root: Path)
             if scale == "smoke":
                 smoke_only += 1
             else:
-                counts[c["verdict"]] += 1
+                counts[Verdict(c["verdict"]).value] += 1
             first = link if i == 0 else ""
             claim = (f"<b>{_e(c['id'])}</b>" + (" <em>(analog)</em>" if c["analog"] else "")
                      + f"<br><small>{_e(c['statement'])}</small>")
             rule = f"<details><summary>rule</summary><small>{_e(c['rule'])}</small></details>"
+            quals = "".join(f"<br><small>{_e(q)}</small>" for q in c.get("qualifiers", []))
             rows.append(
                 f"<tr><td>{first}</td><td>{claim}</td><td><small>{_e(c['paper'])}</small></td>"
-                f"<td><small>{_e(c['ours'])}</small></td>"
-                f"<td>{verdict_badge(c['verdict'], scale)}{rule}</td><td>{_e(scale)}</td></tr>")
+                f"<td><small>{_e(c['ours'])}</small>{quals}</td>"
+                f"<td>{verdict_badge(Verdict(c['verdict']).value, scale)}{rule}</td>"
+                f"<td>{_e(scale)}</td></tr>")
     summary = " · ".join(f"**{counts[v.value]}** {label}" for v, label in SUMMARY_ORDER)
     summary += f" · {smoke_only} claims with smoke results only (pipeline check only)" \
         if smoke_only else ""
