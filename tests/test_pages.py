@@ -97,3 +97,25 @@ def test_injected_parameters_are_read_back():
     cell.metadata["tags"] = ["injected-parameters"]
     nb.cells = [cell]
     assert pages.injected_parameters(nb) == {"scale": "smoke", "device": "cpu", "seeds": [1, 2]}
+
+
+def test_scoreboard_counts_reference_checks_inconclusive_and_not_run_apart(tmp_path):
+    from replib import Health, Verdict, better, fixed
+    (tmp_path / "notebooks").mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 7. Delta\n\ntext")]
+    nbformat.write(nb, tmp_path / "notebooks" / "07-delta.ipynb")
+    exp = Experiment("07-delta", scale="cpu", device="cpu", seeds=[0, 1, 2])
+    exp.record(judge("C1", "an identity", paper="p", rule=fixed(Verdict.REFERENCE, "by construction"),
+                     metrics={}))
+    exp.record(judge("C2", "gpu only", paper="p", rule=fixed(Verdict.NOT_RUN, "runs at gpu scale"),
+                     metrics={}))
+    stalled = better("new", "old", metric="loss", health=Health(4.5, 0.05))
+    exp.record(judge("C3", "new beats old", paper="p", rule=stalled,
+                     metrics={"new": [2.0, 2.1, 2.0], "old": [4.5, 4.5, 4.49]}))
+    exp.save(tmp_path / "results")
+    md = pages.scoreboard_markdown(tmp_path, [Chapter("07-delta", Path("notebooks/07-delta.ipynb"))],
+                                   tmp_path / "results")
+    assert "**0** replicated" in md and "**1** inconclusive" in md and "**1** not run" in md
+    assert "**1** reference checks" in md
+    assert "health gate failed: old did not beat the unigram loss" in md  # the qualifier is shown
