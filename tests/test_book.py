@@ -1,7 +1,9 @@
 """The book pipeline on a two-chapter fixture book: papermill execution on a staged copy, the
-execution cache, a failing chapter that does not stop the others, and the rendered site."""
+execution cache, a failing chapter that does not stop the others, and the rendered site.
+tests/test_reliability.py adds interrupts, bad results files and the cache's import closure."""
 import json
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,11 +12,15 @@ import pytest
 
 from replib.book.chapters import resolve, toc_chapters
 from replib.book.execute import execute_many, stage_dir
+from replib.book.pages import annotate_chapter
 from replib.cli import main
 from replib.scales import SCALES
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {"scale": "smoke", "device": "cpu"}
+# What execute_many sets for its kernels; restored after each test so nothing leaks into the next.
+KERNEL_ENV = ("REPLIB_RESULTS_DIR", "JUPYTER_PATH", "TQDM_DISABLE", "REPLIB_STATIC",
+              "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _notebook(title: str, body: str) -> nbformat.NotebookNode:
@@ -41,6 +47,8 @@ def book(tmp_path, monkeypatch):
                    tmp_path / "notebooks" / "01-good.ipynb")
     nbformat.write(_notebook("Bad", "raise ValueError('boom')"), tmp_path / "notebooks" / "02-bad.ipynb")
     monkeypatch.chdir(tmp_path)
+    for var in KERNEL_ENV:
+        monkeypatch.delenv(var, raising=False)
     return tmp_path
 
 
@@ -54,9 +62,14 @@ def test_execute_cache_and_failure(book):
     staged = nbformat.read(stage_dir(book, "smoke") / "notebooks" / "01-good.ipynb", as_version=4)
     assert "ran at smoke None" in json.dumps(staged.cells[-1].outputs)
     assert not nbformat.read(book / "notebooks" / "01-good.ipynb", as_version=4).cells[-1].outputs
-    bad = nbformat.read(stage_dir(book, "smoke") / "notebooks" / "02-bad.ipynb", as_version=4)
-    assert any("failed" in c.source and "ValueError: boom" in c.source for c in bad.cells
-               if c.cell_type == "markdown")
+    bad_page = stage_dir(book, "smoke") / "notebooks" / "02-bad.ipynb"
+    bad = nbformat.read(bad_page, as_version=4)
+    assert bad.cells[0].source == "# Bad"  # the failure notice goes under the title, not above
+    assert "failed" in bad.cells[1].source and "ValueError: boom" in bad.cells[1].source
+    annotate_chapter(book, stage_dir(book, "smoke"), chapters[1], "smoke", book / "results",
+                     "https://example.org/x", "main")
+    tags = [c.metadata.get("tags", []) for c in nbformat.read(bad_page, as_version=4).cells[:3]]
+    assert tags == [[], ["replib-header"], ["replib-failure"]]  # title, badges, notice
 
     again = {o.chapter: o for o in execute_many(book, chapters, PARAMS)}
     assert again["01-good"].status == "cached"  # unchanged: nothing executes
@@ -85,8 +98,12 @@ def test_a_chapter_over_its_budget_fails_the_build_only_when_asked(book, monkeyp
     monkeypatch.setattr("replib.book.build.build_html", lambda *a: 0)
     monkeypatch.setitem(SCALES, "smoke", replace(SCALES["smoke"], budget_s=0.01))
     assert main(["book", "--scale", "smoke"]) == 0
+    assert "01-good" in capsys.readouterr().out
     assert main(["book", "--scale", "smoke", "--fail-over-budget", "--force"]) == 1
-    assert "over the smoke budget" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "over the smoke budget" in out
+    assert "1 to execute, 0 unchanged; under a minute left" in out and "started" in out
+    assert "[1/1 done]" in out
 
 
 def test_site_builds_with_a_failed_chapter(book, capsys):
@@ -101,13 +118,11 @@ def test_site_builds_with_a_failed_chapter(book, capsys):
     assert "replib-header" in good and "pipeline check only" in good  # the generated badge line
 
 
-def test_a_stalled_cell_fails_the_chapter_instead_of_hanging(book, monkeypatch):
-    (book / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n"
-                                   "  - file: notebooks/01-good\n")
+def test_a_stalled_cell_fails_the_chapter_instead_of_hanging(book, capsys):
     nb = nbformat.read(book / "notebooks" / "01-good.ipynb", as_version=4)
     nb.cells[-1].source = "import time\ntime.sleep(30)"
     nbformat.write(nb, book / "notebooks" / "01-good.ipynb")
-    monkeypatch.setitem(SCALES, "smoke", replace(SCALES["smoke"], budget_s=1.0))  # cells: 2 s
-    outcome = execute_many(book, toc_chapters(book), PARAMS)[0]
-    assert outcome.status == "failed" and outcome.seconds < 25
-    assert "timed out" in outcome.error.lower() or "timeout" in outcome.error.lower()
+    t0 = time.monotonic()
+    assert main(["run", "1", "--scale", "smoke", "--cell-timeout", "2"]) == 1
+    assert time.monotonic() - t0 < 25
+    assert "timed out" in capsys.readouterr().out.lower()

@@ -4,18 +4,27 @@
     replib list
     replib book --scale smoke --jobs 2
 
-Bad input (an unknown chapter, scale or device, CUDA asked for on a machine without it) stops
-with a one-line error that lists the valid choices.
+Bad input (an unknown chapter, scale or device, CUDA asked for on a machine without it, bad seeds,
+a results folder it cannot write) stops with a one-line error before any kernel starts. Ctrl-C (or
+SIGTERM, SIGHUP) kills the running kernels, keeps the interrupted chapters' results files as they
+were, and exits 130 (143, 129).
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .errors import ReplibError
 from .runtime import DEVICES
 from .scales import DEFAULT_SCALE, SCALES, get_scale
+
+MAX_SEED = 2**32 - 1  # NumPy's legacy seeding takes no more
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,32 +33,85 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _seeds(text: str) -> list[int]:
+    parts = [s.strip() for s in text.split(",")]
+    if not any(parts):
+        raise ReplibError("--seeds is empty; give comma-separated non-negative ints, or leave it "
+                          "out for the scale's default")
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in parts]
     except ValueError:
         raise ReplibError(f"--seeds takes comma-separated non-negative ints, got {text!r}") from None
-    if not seeds or any(s < 0 for s in seeds):
+    if any(s < 0 for s in seeds):
         raise ReplibError(f"--seeds takes comma-separated non-negative ints, got {text!r}")
+    if too_large := [s for s in seeds if s > MAX_SEED]:
+        raise ReplibError(f"--seeds: {too_large[0]} is too large (at most {MAX_SEED})")
+    if repeated := sorted({s for s in seeds if seeds.count(s) > 1}):
+        raise ReplibError(f"--seeds repeats {', '.join(map(str, repeated))}; each seed once")
     return seeds
+
+
+def _cell_timeout(text: str) -> int:
+    seconds = int(text) if text.strip().isdigit() else 0
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of seconds >= 1, got {text!r}")
+    return seconds
 
 
 def _parameters(args) -> dict:
     get_scale(args.scale)
-    if args.device not in DEVICES:
-        raise ReplibError(f"unknown device {args.device!r}; valid: {', '.join(DEVICES)}")
     from .runtime import resolve_device  # checks that the device exists here, before any kernel starts
 
     resolve_device(args.device)
     params = {"scale": args.scale, "device": args.device}
-    if getattr(args, "seeds", None):
+    if getattr(args, "seeds", None) is not None:
         params["seeds"] = _seeds(args.seeds)
     return params
 
 
-def _print_outcome(o) -> None:
+def _writable(root: Path, scale: str) -> None:
+    """Fail now, not after the compute, when the results of ``scale`` cannot be written."""
+    folder = root / "results" / scale
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise ReplibError(f"cannot write results to {folder}: {e.strerror or e}") from None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return "under a minute"
+    return f"about {seconds / 60:.0f} min" if seconds < 5400 else f"about {seconds / 3600:.1f} h"
+
+
+class Progress:
+    """Chapters done and to go, and the time left from each one's last recorded wall time."""
+
+    def __init__(self, total: int, estimates: dict[str, float], jobs: int):
+        self.total, self.estimates, self.jobs, self.finished = total, dict(estimates), jobs, 0
+
+    def left(self) -> str:
+        seconds = sum(self.estimates.values()) / self.jobs
+        eta = time.strftime("%H:%M", time.localtime(time.time() + seconds))
+        return f"{_duration(seconds)} left (done near {eta})"
+
+    def started(self, chapter) -> str:
+        expected = self.estimates.get(chapter.id)
+        return f"  {chapter.id:<28} started" + (f"   (expected: {_duration(expected)})"
+                                                  if expected is not None else "")
+
+    def done(self, outcome) -> str:
+        self.finished += 1
+        self.estimates.pop(outcome.chapter, None)
+        to_go = self.total - self.finished
+        return f"[{self.finished}/{self.total} done" + (f", {to_go} to go, {self.left()}]"
+                                                       if to_go else "]")
+
+
+def _print_outcome(o, suffix: str = "") -> None:
     budget = SCALES[o.parameters["scale"]].budget_s
     flag = "  OVER BUDGET" if o.status == "executed" and o.seconds > budget else ""
-    print(f"  {o.chapter:<28} {o.status:<9} {o.seconds:7.1f} s{flag}"
+    print(f"  {o.chapter:<28} {o.status:<9} {o.seconds:7.1f} s{flag}  {suffix}".rstrip()
           + (f"\n    {o.error}" if o.error else ""), flush=True)
 
 
@@ -60,13 +122,37 @@ def cmd_run(args) -> int:
     params = _parameters(args)
     root = book_root()
     chapter = resolve(root, args.chapter)
+    _writable(root, params["scale"])
     print(f"executing {chapter.id} with {params}", flush=True)
-    [outcome] = execute_many(root, [chapter], params, force=True, progress=True)
+    [outcome] = execute_many(root, [chapter], params, force=True, progress=True,
+                             timeout=args.cell_timeout)
     _print_outcome(outcome)
     if outcome.ok:
         print(f"  notebook: {Path('_build/stage') / params['scale'] / chapter.path}\n"
               f"  results:  results/{params['scale']}/{chapter.id}.json")
     return 0 if outcome.ok else 1
+
+
+def _summary(record: dict) -> str:
+    if not record["claims"]:  # a benchmark: measurements, no verdicts
+        return f"benchmark, {len(record.get('measurements', []))} measurements"
+    counts: dict[str, int] = {}
+    for c in record["claims"]:
+        counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
+    short = {"replicated": "ok", "partially replicated": "partial",
+             "not replicated": "not", "inconclusive at this scale": "inconcl.",
+             "not testable at this scale": "n/t"}
+    return " ".join(f"{n} {short.get(v, v)}" for v, n in counts.items())
+
+
+def _stale(root: Path, chapter, scale: str, record: dict) -> str:
+    """A note when this chapter's last run at ``scale`` failed after the recorded result."""
+    from .book.execute import last_outcome, stage_dir
+
+    last = last_outcome(stage_dir(root, scale), chapter)
+    if last and last.status == "failed" and last.finished_at > record["started_at"]:
+        return f" STALE: the last run failed ({last.finished_at[:10]})"
+    return ""
 
 
 def cmd_list(args) -> int:
@@ -87,31 +173,43 @@ def cmd_list(args) -> int:
             except ReplibError as e:
                 cells.append(f"unreadable ({e})")
                 continue
-            counts: dict[str, int] = {}
-            for c in rec["claims"]:
-                counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
-            short = {"replicated": "ok", "partially replicated": "partial",
-                     "not replicated": "not", "inconclusive at this scale": "inconcl.",
-                     "not testable at this scale": "n/t"}
-            summary = " ".join(f"{n} {short[v]}" for v, n in counts.items())
-            cells.append(f"{summary} ({rec['started_at'][:10]}, {rec['wall_time_s']:.0f}s)")
+            cells.append(f"{_summary(rec)} ({rec['started_at'][:10]}, {rec['wall_time_s']:.0f}s)"
+                         + _stale(root, ch, scale, rec))
         print(f"{ch.id:<28} " + "  ".join(f"{c:<38}" for c in cells))
     return 0
+
+
+def _unreadable(root: Path) -> list[str]:
+    from .results import check_all
+
+    bad = check_all(root / "results")
+    return [f"  {path.relative_to(root)}: {why}" for path, why in bad.items()]
 
 
 def cmd_book(args) -> int:
     from .book.build import build_html
     from .book.chapters import book_root, toc_chapters
-    from .book.execute import execute_many, stage_dir
+    from .book.execute import execute_many, expected_seconds, stage_dir, up_to_date
 
     root = book_root()
     params = _parameters(args)
     chapters = toc_chapters(root)
+    _writable(root, args.scale)
+    if bad := _unreadable(root):
+        print("unreadable results files (the site marks their chapters unreadable):", *bad,
+              sep="\n", flush=True)
+    todo = [ch for ch in chapters if args.force or not up_to_date(root, ch, params)]
+    progress = Progress(len(chapters), {ch.id: expected_seconds(root, ch, args.scale)
+                                        for ch in todo}, args.jobs)
     budget = SCALES[args.scale].budget_s
     print(f"executing {len(chapters)} chapters at scale {args.scale!r} "
-          f"(budget {budget:.0f} s each, {args.jobs} at a time)", flush=True)
+          f"(budget {budget:.0f} s each, {args.jobs} at a time): {len(todo)} to execute, "
+          f"{len(chapters) - len(todo)} unchanged; {progress.left()} by their last recorded "
+          "wall times", flush=True)
     outcomes = execute_many(root, chapters, params, jobs=args.jobs, force=args.force,
-                            on_done=_print_outcome)
+                            timeout=args.cell_timeout,
+                            on_start=lambda ch: print(progress.started(ch), flush=True),
+                            on_done=lambda o: _print_outcome(o, progress.done(o)))
     print("rendering the site with jupyter-book ...", flush=True)
     html_rc = build_html(root, stage_dir(root, args.scale), args.scale, chapters)
 
@@ -126,9 +224,11 @@ def cmd_book(args) -> int:
           f"jupyter-book failed (exit {html_rc})")
     if failed:
         print(f"failed chapters: {', '.join(failed)}")
+    if bad := _unreadable(root):
+        print("unreadable results files:", *bad, sep="\n")
     if over and args.fail_over_budget:
         print(f"over the {args.scale} budget of {budget:.0f} s: {', '.join(over)}")
-    return 1 if failed or html_rc or (over and args.fail_over_budget) else 0
+    return 1 if failed or bad or html_rc or (over and args.fail_over_budget) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,9 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp, seeds=True):
         sp.add_argument("--scale", default=DEFAULT_SCALE, help=f"one of {', '.join(SCALES)}")
-        sp.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)}")
+        sp.add_argument("--device", default="auto",
+                        help=f"one of {', '.join(DEVICES)}, or cuda:N for one GPU of several")
         if seeds:
             sp.add_argument("--seeds", help="comma-separated seeds (default: the scale's)")
+        sp.add_argument("--cell-timeout", type=_cell_timeout, metavar="SECONDS",
+                        help="seconds one cell may run before its kernel counts as hung "
+                             "(default: 30 min, or 10x the scale's budget if longer)")
 
     run = sub.add_parser("run", help="execute one chapter with papermill")
     run.add_argument("chapter", help="number (16) or id (16-selu-snn)")
@@ -154,23 +258,50 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--jobs", type=int, default=1, help="chapters executed at once")
     book.add_argument("--force", action="store_true", help="ignore the execution cache")
     book.add_argument("--fail-over-budget", action="store_true",
-                      help="exit non-zero when a chapter exceeds its scale's time budget")
+                      help="exit non-zero when a chapter exceeds its scale's time budget "
+                           "(measured after it ends; the budget never stops a chapter)")
     book.set_defaults(func=cmd_book)
     return p
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal that stops a run the way Ctrl-C does; the exit status is 128 + its number."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM (kill, a cancelled CI job) and SIGHUP (a closed terminal) clean up as Ctrl-C does:
+    without this the kernels would be orphaned and the pages left half-written."""
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    names = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    previous = {s: signal.signal(s, interrupt) for s in names}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        if getattr(args, "jobs", 1) < 1:
-            raise ReplibError(f"--jobs must be >= 1, got {args.jobs}")
-        return args.func(args)
+        with _stop_on_signals():
+            args = build_parser().parse_args(argv)
+            if getattr(args, "jobs", 1) < 1:
+                raise ReplibError(f"--jobs must be >= 1, got {args.jobs}")
+            return args.func(args)
     except ReplibError as e:
         print(f"replib: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("replib: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print("replib: interrupted; the running kernels were stopped and their chapters' "
+              "results files left as they were", file=sys.stderr)
+        return 128 + getattr(e, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -31,11 +32,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     ``auto`` picks CUDA, then Apple MPS, then CPU. Asking for a device this machine lacks is an
     error, never a silent fallback: a result labelled "cuda" must have run on CUDA.
     """
-    if isinstance(device, torch.device):
-        device = str(device)
-    kind = str(device).split(":")[0]
-    if kind not in DEVICES:
-        raise ReplibError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    device = str(device)
+    m = re.fullmatch(r"(\w+)(?::(\d+))?", device)
+    if not m or m.group(1) not in DEVICES or (m.group(1) == "auto" and m.group(2)):
+        raise ReplibError(f"unknown device {device!r}; valid: {', '.join(DEVICES)} "
+                          "(cuda:N for one GPU of several)")
+    kind, index = m.groups()
     if kind == "auto":
         return torch.device(available_devices()[0])
     if kind not in available_devices():
@@ -43,6 +45,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             f"device {device!r} is not available on this machine; available: "
             f"{', '.join(['auto', *available_devices()])}"
         )
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ReplibError(f"device {device!r} is not available on this machine; it has "
+                          f"{torch.cuda.device_count()} CUDA devices, cuda:0 and up")
     return torch.device(device)
 
 

@@ -30,7 +30,7 @@ from ..errors import ReplibError
 from ..results import read
 from ..scales import SCALES
 from .chapters import Chapter
-from .execute import last_outcome, result_snapshot
+from .execute import last_outcome, result_snapshot, split_title, unreadable_results
 
 SCALE_ORDER = ("gpu", "cpu", "smoke")  # strongest evidence first
 VERDICT_COLORS = {  # the figures' colours (replib.plotting), without importing matplotlib here
@@ -176,8 +176,14 @@ def status_markdown(chapters: list[Chapter], stage: Path, scale: str) -> str:
                     f"<td>{o.seconds:.1f}</td><td>{share:.0%}</td><td>{_e(o.finished_at)}</td>"
                     f"<td>{error}</td></tr>")
     env = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in environment().items())
+    bad = [f"- `results/{s}/{ch}.json`: {why}"
+           for ch, scales in unreadable_results(stage).items() for s, why in scales.items()]
+    bad_text = ("\n\n:::{warning}\nThese results files could not be read; the site is built "
+                "without them and marks their chapters unreadable:\n\n" + "\n".join(bad)
+                + "\n:::\n") if bad else ""
     return (f"Scale of this build: `{scale}` (budget {budget:.0f} s per chapter, "
-            f"{n_seeds} seed{'' if n_seeds == 1 else 's'}, on {SCALES[scale].hardware}).\n\n"
+            f"{n_seeds} seed{'' if n_seeds == 1 else 's'}, on {SCALES[scale].hardware})."
+            f"{bad_text}\n\n"
             '<table class="replib-status">\n<thead><tr><th>chapter</th><th>last execution</th>'
             "<th>wall time (s)</th><th>of budget</th><th>finished (UTC)</th><th>error</th></tr>"
             "</thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>\n\n"
@@ -205,11 +211,15 @@ def injected_parameters(nb) -> dict:
 
 
 def header_markdown(chapter: Chapter, scale: str, params: dict, record: dict | None,
-                    outcome, others: dict[str, dict]) -> str:
-    """A badge line for the run that produced this page, then other scales' verdicts."""
+                    outcome, others: dict[str, dict],
+                    unreadable: dict[str, str] | None = None) -> str:
+    """A badge line for the run that produced this page, then other scales' verdicts; a results
+    file of this chapter that could not be read is named, with why, in a red badge."""
     grey, blue = "#546e7a", "#1565c0"
     parts = [badge(f"scale {scale}" + (" · pipeline check only" if scale == "smoke" else ""),
                    "#bdbdbd" if scale == "smoke" else blue)]
+    parts += [badge(f"results/{s}/{chapter.id}.json unreadable", "#c62828", title=why)
+              for s, why in (unreadable or {}).items()]
     if record:
         hw = record["hardware"]
         where = hw.get("gpu") or hw.get("cpu", "?")
@@ -267,22 +277,17 @@ def annotate_chapter(root: Path, stage: Path, chapter: Chapter, scale: str,
         return
     nb = nbformat.read(path, as_version=4)
     nb.cells = [c for c in nb.cells if HEADER_TAG not in c.get("metadata", {}).get("tags", [])]
-    snapshot = result_snapshot(stage, chapter)
-    record = read(snapshot) if snapshot.exists() else None
+    try:  # a snapshot from an older replib (another schema version) is not this page's record
+        record = read(result_snapshot(stage, chapter))
+    except ReplibError:
+        record = None
     others = {s: r for s, r in recorded(chapter.id, results_root).items() if s != scale}
     cell = nbformat.v4.new_markdown_cell(
         header_markdown(chapter, scale, injected_parameters(nb), record,
-                        last_outcome(stage, chapter), others))
+                        last_outcome(stage, chapter), others,
+                        unreadable_results(stage).get(chapter.id)))
     cell.metadata["tags"] = [HEADER_TAG]
-    first = nb.cells[0] if nb.cells else None
-    if first is not None and first.cell_type == "markdown" and first.source.startswith("# "):
-        title, _, rest = first.source.partition("\n")
-        if rest.strip():  # the badge line goes right under the title, above the summary
-            first.source = title
-            nb.cells.insert(1, nbformat.v4.new_markdown_cell(rest.strip()))
-        nb.cells.insert(1, cell)
-    else:
-        nb.cells.insert(0, cell)
+    nb.cells.insert(split_title(nb), cell)  # right under the title, above the summary
     pin_install_cell(nb, url, ref)
     nbformat.write(nb, path)
 
