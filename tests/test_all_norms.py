@@ -10,13 +10,14 @@ from replib.experiments import all_norms as an
 from replib.nn import list_norms
 from replib.nn import norms as registry
 from replib.runtime import seed_everything
+from replib.train import Sweep
 
 TINY = dict(n_layer=1, d_model=16, n_head=2, batch_size=4, steps=3)
 
 
 @pytest.fixture(scope="module")
 def data():
-    return an.lm_data(book_corpus().text[:20000], seq_len=16, val_windows=4)
+    return an.bench_data(book_corpus().text[:20000], seq_len=16, windows=4)
 
 
 class _BrokenAtInit(nn.Module):
@@ -51,8 +52,8 @@ def broken(monkeypatch):
 
 
 def test_every_registry_norm_is_benchmarked_and_broken_ones_are_reported(data, broken):
-    bench = an.benchmark(data, seeds=[0, 1], main_lr=1e-3, lrs=[1e-3, 1e-2], tol=0.1,
-                         progress=False, **TINY)
+    bench = an.benchmark(data, seeds=[0, 1], lrs=[1e-2, 1e-3], threshold=10.0, progress=False,
+                         **TINY)
     table = bench.table()
     assert list(table.norm) == list_norms()  # the registry, not a hand-kept list
     assert set(broken) <= set(table.norm)
@@ -61,24 +62,47 @@ def test_every_registry_norm_is_benchmarked_and_broken_ones_are_reported(data, b
     assert "RuntimeError" in status["zz-test-broken-init"]
     assert "no training for me" in status["zz-test-broken-train"]
     assert set(bench.failures) == set(broken)
+    assert set(bench.sweep.runs) == set(list_norms()) - set(broken)  # failed norms left out
+    assert bench.lrs == [1e-3, 1e-2] and bench.sweep.grid == (1e-3, 1e-2)
     for n in list_norms():
         if n in broken:
             assert len(bench.select(n)) == 1  # failed once, then skipped
-            assert bench.stable_lr(n) is None
+            assert bench.stable_lr(n) is None and bench.best_lr(n) is None
             continue
         assert status[n] == "ok", (n, status[n])
-        # every seed at the main lr, plus the sweep's other lr with the first seed
-        assert {(r.lr, r.seed) for r in bench.select(n)} == {(1e-3, 0), (1e-3, 1), (1e-2, 0)}
-        assert len(bench.val_loss(n)) == 2
-        assert set(bench.sweep(n)) == {1e-3, 1e-2}
-    lossy = table.set_index("norm").loc["layernorm"]
-    assert math.isfinite(lossy.val_loss_mean) and lossy.diverged_seeds == 0
+        # every lr of the grid with every seed: the same grid for every norm
+        assert {(r.lr, r.seed) for r in bench.select(n)} == {(a, s) for a in (1e-3, 1e-2) for s in (0, 1)}
+        assert bench.best_lr(n) in (1e-3, 1e-2)
+        assert len(bench.at_best(n)) == 2 and len(bench.at_best(n, "val")) == 2
+        assert len(bench.curves_at_best(n)) == 2
+        assert len(bench.diffs(n)) == 2
+    row = table.set_index("norm").loc["layernorm"]
+    assert math.isfinite(row.test_loss_mean) and row.diverged_runs == 0
+    assert row.vs_ref_mean == 0.0
+    sw = bench.sweep.to_json()
+    assert set(sw["runs"]["rmsnorm"]) == {"0.001", "0.01"}
+    assert {"val", "test", "curve"} <= set(sw["runs"]["rmsnorm"]["0.001"][0])
+    lines = an.findings(bench, None, unigram=10.05, margin=0.05)
+    assert lines and any("Ranking" in x for x in lines)
 
 
-def test_main_lr_must_be_in_the_grid(data):
-    with pytest.raises(ValueError):
-        an.benchmark(data, seeds=[0], main_lr=3e-3, lrs=[1e-3], tol=0.1, norms=["layernorm"],
-                     progress=False, **TINY)
+def test_best_lr_is_chosen_on_validation_and_reported_on_test():
+    """A made-up sweep: the lr with the lower mean validation loss is chosen even where its test
+    loss is worse, and a lr with a diverged seed is never chosen."""
+    b = an.Benchmark(["a"], [0, 1], [1e-3, 1e-2, 1e-1], threshold=3.0)
+    runs = [an.NormRun("a", s, lr, 1, final_val_loss=v, final_test_loss=t)
+            for lr, s, v, t in [(1e-3, 0, 2.5, 2.0), (1e-3, 1, 2.5, 2.0), (1e-2, 0, 2.2, 2.4),
+                                (1e-2, 1, 2.3, 2.4), (1e-1, 0, 1.0, 1.0), (1e-1, 1, math.nan, math.nan)]]
+    b.runs = runs
+    b.sweep = Sweep((1e-3, 1e-2, 1e-1), (0, 1), "val", True,
+                    {"a": {lr: [r.metrics() for r in runs if r.lr == lr] for lr in (1e-3, 1e-2, 1e-1)}})
+    assert b.best_lr("a") == 1e-2
+    assert b.at_best("a") == [2.4, 2.4] and b.at_best("a", "val") == [2.2, 2.3]
+    assert b.losses("a", 1e-1) == [1.0, None]
+    assert b.stable_lr("a") == 1e-2 and not b.censored("a")  # 1e-1 has a diverged seed
+    bd = b.boundary("a")
+    assert bd["next_lr"] == 1e-1 and bd["next_diverged"] == 1 and bd["next_slack"] == -math.inf
+    assert bd["slack"] == pytest.approx(0.6)
 
 
 def test_runs_are_deterministic_and_data_order_depends_on_the_seed_only(data):
@@ -86,11 +110,25 @@ def test_runs_are_deterministic_and_data_order_depends_on_the_seed_only(data):
     b = an.run_norm("layernorm", 3, 1e-3, data, **TINY)
     c = an.run_norm("layernorm", 4, 1e-3, data, **TINY)
     assert a.final_val_loss == b.final_val_loss and a.initial_loss == b.initial_loss
+    assert a.final_test_loss == b.final_test_loss and math.isfinite(a.final_test_loss)
     assert a.final_val_loss != c.final_val_loss
     # the batches come from the generator seeded by the run's seed alone, whatever the norm
     x1, _ = next(lm_batches(data.train, 4, 16, seed_everything(3)))
     x2, _ = next(lm_batches(data.train, 4, 16, seed_everything(3)))
     assert torch.equal(x1, x2)
+
+
+def test_validation_curve_and_test_split(data):
+    run = an.run_norm("rmsnorm", 0, 1e-3, data, **{**TINY, "steps": 6}, evals=3)
+    assert run.curve_steps == [2, 4, 6] and len(run.curve) == 3
+    assert run.curve[-1] == run.final_val_loss
+    m = run.metrics()
+    assert m["val"] == run.final_val_loss and m["test"] == run.final_test_loss
+    # validation and test windows come from the two halves of the held-out tokens: disjoint
+    assert data.val_x.shape == data.test_x.shape == (4, 16)
+    assert not any((data.test_x == w).all(1).any() for w in data.val_x)
+    one = an.run_norm("rmsnorm", 0, 1e-3, data, **{**TINY, "steps": 6}, evals=1)
+    assert one.curve_steps == [6]
 
 
 def test_a_nonfinite_loss_is_a_divergence_not_a_failure(data):
@@ -99,35 +137,65 @@ def test_a_nonfinite_loss_is_a_divergence_not_a_failure(data):
     assert run.diverged or run.final_val_loss > run.initial_loss  # blown up either way
     if run.diverged:
         assert run.value is None and math.isnan(run.final_val_loss)
+        assert math.isnan(run.metrics()["test"])
 
 
-@pytest.mark.parametrize("losses,tol,expected", [
-    ({1e-3: 2.0, 3e-3: 1.9, 1e-2: 1.95, 3e-2: 2.5}, 0.1, 1e-2),  # 3e-2 is too much worse
-    ({1e-3: 2.0, 3e-3: 1.9, 1e-2: 1.95, 3e-2: 2.5}, 0.6, 3e-2),  # a looser tol keeps it
-    ({1e-3: 2.0, 3e-3: 1.9, 1e-2: None, 3e-2: 1.9}, 0.1, 3e-3),  # divergence breaks the walk up
-    ({1e-3: 2.0, 3e-3: float("nan"), 1e-2: float("inf")}, 0.5, 1e-3),  # nan/inf are divergences
-    ({1e-3: None, 3e-3: None}, 0.1, None),  # nothing stable
-    ({1e-3: 3.0, 3e-3: 2.0}, 0.0, 3e-3),  # the best itself is stable at tol 0
-    ({3e-2: 2.1, 1e-3: 2.0, 1e-2: 2.05}, 0.1, 3e-2),  # unsorted input
-    ({1e-3: 1.0, 1e-2: 5.0, 1e-1: 1.05}, 0.1, 1e-3),  # a good lr above a bad one does not count
+T = 3.0
+
+
+@pytest.mark.parametrize("losses,start,expected", [
+    ({1e-3: [2.9, 2.8], 3e-3: [2.5, 2.6], 1e-2: [2.7, 2.9], 3e-2: [2.8, 3.05]}, 3e-3, 1e-2),  # one seed above
+    ({1e-3: [2.9, 2.8], 3e-3: [2.5, 2.6], 1e-2: [2.7, 2.9], 3e-2: [2.8, 2.95]}, 3e-3, 3e-2),  # every seed below
+    ({1e-3: [2.9, 2.8], 3e-3: [2.5, 2.6], 1e-2: [2.7, None], 3e-2: [2.6, 2.6]}, 3e-3, 3e-3),  # diverged seed
+    ({1e-3: [2.0], 3e-3: [float("nan")], 1e-2: [float("inf")]}, 1e-3, 1e-3),  # nan/inf are divergences
+    ({1e-3: [3.1, 3.2], 3e-3: [3.05, 2.5]}, 3e-3, None),  # the selected lr itself is not stable
+    ({1e-3: [3.0], 3e-3: [2.0]}, 1e-3, 3e-3),  # exactly at the threshold counts as below
+    ({3e-2: [2.1], 1e-3: [2.0], 1e-2: [2.05]}, 1e-3, 3e-2),  # unsorted input
+    ({1e-3: [1.0], 1e-2: [5.0], 1e-1: [1.05]}, 1e-3, 1e-3),  # a stable lr above an unstable one does not count
+    ({1e-3: [3.5], 1e-2: [2.5], 1e-1: [2.6]}, None, 1e-1),  # no start: from the lowest stable lr
+    ({1e-3: [3.5], 1e-2: [3.5]}, None, None),
+    ({1e-3: [], 1e-2: [2.0]}, 1e-3, None),  # no runs: not stable
 ])
-def test_largest_stable_lr(losses, tol, expected):
-    assert an.largest_stable_lr(losses, tol) == expected
+def test_largest_stable_lr(losses, start, expected):
+    assert an.largest_stable_lr(losses, T, start) == expected
 
 
-def test_largest_stable_lr_rejects_negative_tol():
+def test_largest_stable_lr_rejects_an_unknown_start():
     with pytest.raises(ValueError):
-        an.largest_stable_lr({1e-3: 1.0}, -0.1)
+        an.largest_stable_lr({1e-3: [1.0]}, T, start=1e-2)
+
+
+def test_slack_and_stable_at():
+    assert an.slack([2.5, 2.9], T) == pytest.approx(0.1)
+    assert an.slack([3.2, 2.0], T) == pytest.approx(-0.2)
+    assert an.slack([2.0, None], T) == -math.inf and an.slack([], T) == -math.inf
+    assert an.stable_at([2.0, 3.0], T) and not an.stable_at([2.0, 3.01], T)
+    assert not an.stable_at([2.0, float("nan")], T) and not an.stable_at([], T)
 
 
 def test_censored_when_the_top_of_the_grid_is_stable():
-    bench = an.Benchmark(["a", "b"], [0], 1e-3, [1e-3, 1e-2], 0, 0.1)
-    bench.runs = [an.NormRun("a", 0, 1e-3, 1, 2.0), an.NormRun("a", 0, 1e-2, 1, 2.05),
-                  an.NormRun("b", 0, 1e-3, 1, 2.0), an.NormRun("b", 0, 1e-2, 1, math.nan, 2.0, 5)]
+    bench = an.Benchmark(["a", "b"], [0], [1e-3, 1e-2], threshold=3.0)
+    bench.runs = [an.NormRun("a", 0, 1e-3, 1, 2.0, final_test_loss=2.0),
+                  an.NormRun("a", 0, 1e-2, 1, 2.05, final_test_loss=2.05),
+                  an.NormRun("b", 0, 1e-3, 1, 2.0, final_test_loss=2.0),
+                  an.NormRun("b", 0, 1e-2, 1, math.nan, 2.0, 5)]
+    bench.sweep = Sweep((1e-3, 1e-2), (0,), "val", True,
+                        {n: {lr: [r.metrics() for r in bench.runs if r.norm == n and r.lr == lr]
+                             for lr in (1e-3, 1e-2)} for n in ("a", "b")})
+    assert bench.best_lr("a") == 1e-3 and bench.best_lr("b") == 1e-3
     assert bench.stable_lr("a") == 1e-2 and bench.censored("a")
     assert bench.stable_lr("b") == 1e-3 and not bench.censored("b")
     t = bench.table().set_index("norm")
     assert t.loc["a", "lr_is_lower_bound"] and not t.loc["b", "lr_is_lower_bound"]
+    assert t.loc["b", "diverged_runs"] == 1 and t.loc["b", "next_lr"] == 1e-2
+
+
+def test_paired_word():
+    from replib.claims import Paired
+    assert an.paired_word(Paired("a", "b", (-0.1, -0.12, -0.11)), "b") == "lower than b"
+    assert an.paired_word(Paired("a", "b", (0.1, 0.12, 0.11)), "b") == "higher than b"
+    assert an.paired_word(Paired("a", "b", (0.1, -0.12, 0.01)), "b").startswith("not separated")
+    assert an.paired_word(Paired("a", "b", (0.1,)), "b").startswith("not separated")
 
 
 def test_throughput_relative_to_layernorm(data, broken):
@@ -145,6 +213,8 @@ def test_throughput_relative_to_layernorm(data, broken):
             q1, q3 = tp.relative_quartiles(n, kind)
             assert q1 <= tp.relative(n, kind) <= q3
     assert tp.relative_quartiles("layernorm") == (1.0, 1.0)
+    assert tp.rounds("layernorm") == [1.0] * 3 and len(tp.rounds("rmsnorm", "infer")) == 3
+    assert tp.rounds("zz-test-broken-init") == [] and len(tp.tokens_per_s_rounds("rmsnorm")) == 3
     assert all(math.isnan(q) for q in tp.relative_quartiles("zz-test-broken-init"))
     table = tp.table().set_index("norm")
     assert table.loc["layernorm", "train_rel"] == 1.0
