@@ -47,8 +47,9 @@ def book(tmp_path, monkeypatch):
                    tmp_path / "notebooks" / "01-good.ipynb")
     nbformat.write(_notebook("Bad", "raise ValueError('boom')"), tmp_path / "notebooks" / "02-bad.ipynb")
     monkeypatch.chdir(tmp_path)
-    for var in KERNEL_ENV:
-        monkeypatch.delenv(var, raising=False)
+    for var in KERNEL_ENV:  # setenv first: monkeypatch then restores even a variable never set
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     return tmp_path
 
 

@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -136,13 +137,13 @@ def cmd_run(args) -> int:
 def _summary(record: dict) -> str:
     if not record["claims"]:  # a benchmark: measurements, no verdicts
         return f"benchmark, {len(record.get('measurements', []))} measurements"
-    counts: dict[str, int] = {}
-    for c in record["claims"]:
-        counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
-    short = {"replicated": "ok", "partially replicated": "partial",
-             "not replicated": "not", "inconclusive at this scale": "inconcl.",
-             "not testable at this scale": "n/t"}
-    return " ".join(f"{n} {short.get(v, v)}" for v, n in counts.items())
+    from .claims import Verdict  # reads the older words too
+
+    short = {Verdict.REPLICATED: "ok", Verdict.PARTIAL: "partial", Verdict.NOT_REPLICATED: "not",
+             Verdict.INCONCLUSIVE: "inconcl.", Verdict.NOT_TESTABLE: "n/t",
+             Verdict.NOT_RUN: "not run", Verdict.REFERENCE: "ref."}
+    counts = Counter(Verdict(c["verdict"]) for c in record["claims"])
+    return " ".join(f"{n} {short.get(v, v.value)}" for v, n in counts.items())
 
 
 def _stale(root: Path, chapter, scale: str, record: dict) -> str:

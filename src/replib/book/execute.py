@@ -293,8 +293,8 @@ def stop_kernels() -> None:
         process = getattr(km.provisioner, "process", None)
         if process is not None and process.poll() is None:
             try:
-                os.killpg(km.provisioner.pgid or process.pid, signal.SIGKILL)
-            except (OSError, TypeError):
+                os.killpg(km.provisioner.pgid, signal.SIGKILL)
+            except (AttributeError, OSError, TypeError):  # no process group (Windows)
                 process.kill()
 
 
@@ -413,9 +413,9 @@ def execute_many(root: Path, chapters: Iterable[Chapter], parameters: dict, *, j
                 ch = todo.get_nowait()
             except queue.Empty:
                 return
-            if on_start and (force or not up_to_date(root, ch, parameters)):
-                on_start(ch)
             try:
+                if on_start and (force or not up_to_date(root, ch, parameters)):
+                    on_start(ch)
                 done.put(execute(root, ch, parameters, force=force, progress=progress,
                                  timeout=timeout, stop=stop))
             except BaseException as e:  # raised again in the main thread
@@ -426,7 +426,7 @@ def execute_many(root: Path, chapters: Iterable[Chapter], parameters: dict, *, j
     try:
         for w in workers:
             w.start()
-        while len(outcomes) < len(chapters):
+        for _ in chapters:
             item = done.get()
             if isinstance(item, BaseException):
                 raise item
