@@ -57,6 +57,11 @@ def test_scoreboard_escapes_text_and_rejects_a_corrupt_results_file(book):
     (results / "cpu" / "03-gamma.json").write_text("{not json")
     with pytest.raises(ReplibError, match="03-gamma.json: corrupt results file"):
         pages.scoreboard_markdown(root, chapters, results)
+    # the build sets such a file aside (build.readable_results) and the scoreboard names it
+    (results / "cpu" / "03-gamma.json").unlink()
+    md = pages.scoreboard_markdown(root, chapters, results, {"03-gamma": {"cpu": "corrupt results file"}})
+    gamma = next(r for r in md.split("<tr") if "Gamma" in r)
+    assert "results/cpu/03-gamma.json unreadable" in gamma and "not yet run" not in gamma
 
 
 def test_header_shows_the_run_and_other_scales_verdicts(book):

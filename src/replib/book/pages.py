@@ -98,13 +98,22 @@ def best_result(results: dict[str, dict]) -> tuple[str, dict] | None:
 
 # ---------------------------------------------------------------- scoreboard
 
-def scoreboard_markdown(root: Path, chapters: list[Chapter], results_root: Path) -> str:
+def scoreboard_markdown(root: Path, chapters: list[Chapter], results_root: Path,
+                        unreadable: dict[str, dict[str, str]] | None = None) -> str:
+    """``unreadable``: chapter -> {scale: why} for results files the build set aside."""
     counts = {v.value: 0 for v, _ in SUMMARY_ORDER}
     smoke_only, not_run, rows = 0, 0, []
     for ch in chapters:
         title = chapter_title(root, ch)
         link = f'<a href="{chapter_href(ch)}">{_e(ch.id[:2])}. {_e(title)}</a>'
         found = best_result(recorded(ch.id, results_root))
+        bad = (unreadable or {}).get(ch.id, {})
+        if found is None and bad:
+            not_run += 1
+            rows.append(f'<tr class="replib-unreadable"><td>{link}</td><td colspan="4">' + " ".join(
+                badge(f"results/{s}/{ch.id}.json unreadable", "#c62828", title=why)
+                for s, why in bad.items()) + "</td><td>—</td></tr>")
+            continue
         if found is None:
             not_run += 1
             rows.append(f'<tr class="replib-not-run"><td>{link}</td><td colspan="4">'
@@ -313,7 +322,8 @@ def write_generated(root: Path, stage: Path, chapters: list[Chapter], scale: str
                     results_root: Path) -> None:
     generated = stage / "book" / "_generated"
     generated.mkdir(parents=True, exist_ok=True)
-    (generated / "scoreboard.md").write_text(scoreboard_markdown(root, chapters, results_root))
+    (generated / "scoreboard.md").write_text(scoreboard_markdown(root, chapters, results_root,
+                                                                 unreadable_results(stage)))
     (generated / "status.md").write_text(status_markdown(chapters, stage, scale))
     url, branch = repository(root)
     ref = build_ref(branch)
