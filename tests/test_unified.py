@@ -101,7 +101,7 @@ def _run_both(un, ref, batches):
         assert int(un.skip_counter) == ref.skips and un.step == ref.t
 
 
-@pytest.mark.parametrize("window,filt", [(4, False), (4, True), (3, True), (1, False)])
+@pytest.mark.parametrize("window,filt", [(4, False), (4, True), (3, True), (1, False), (1, True)])
 def test_custom_backward_matches_the_official_algorithm_step_by_step(window, filt):
     """Every phase: t <= W, warm-up, geometric mean + window-mean gradient, compensation r != 1
     (gate passed at t = 7), and for filtration an outlier batch (x100) at step 10."""
@@ -110,8 +110,10 @@ def test_custom_backward_matches_the_official_algorithm_step_by_step(window, fil
     batches = [_x(3, 4, seed=s, scale=1 + 0.3 * math.sin(s)) for s in range(14)]
     batches[10] = batches[10] * 100
     _run_both(un, ref, batches)
-    if filt:
+    if filt and window > 1:
         assert ref.skips >= 1  # the outlier was filtered (else this test checks less than it says)
+    if window == 1:  # one slot: the arithmetic and geometric means are equal, nothing is flagged
+        assert ref.skips == 0 == int(un.skip_counter)
 
 
 def test_t1_statistic_and_output_mean_square():
@@ -374,11 +376,31 @@ def test_fold_unified_tinyvit_and_refuses_other_placements():
         fold_unified(TinyViT(d_model=16, depth=1, n_head=2))
 
 
+def test_window_one_with_the_filter_on_counts_no_skips():
+    """The official code sets ``skip = True`` for a one-slot window (current-batch statistic, r = 1)
+    but increments ``skip_counter`` only when the outlier test fires, and with one slot the
+    arithmetic and geometric means are equal: even a x100 batch after the warm-up is not counted,
+    and the layer still normalises by the current batch's statistic."""
+    un = _un(window=1, warmup_iters=2, compensation_after=2, outlier_filtration=True)
+    for s in range(12):
+        x = _x(4, 4, seed=s, scale=100.0 if s in (5, 9) else 1.0)
+        y = un(x)
+        s2 = x.reshape(-1, C).pow(2).mean(0)
+        torch.testing.assert_close(y, un.weight * x / torch.sqrt(s2 + EPS) + un.bias)
+    assert int(un.skip_counter) == 0
+    vit = TinyViT(d_model=8, depth=1, n_head=2, norm="unified",
+                  norm_kwargs=dict(outlier_filtration=True, warmup_iters=2, window=1))
+    for s in range(4):
+        vit.train()(torch.randn(4, 64, generator=torch.Generator().manual_seed(s)))
+    assert skip_count(vit) == 0
+
+
 def test_skip_count_sums_layers():
     vit = TinyViT(d_model=8, depth=1, n_head=2, norm="unified",
-                  norm_kwargs=dict(outlier_filtration=True, warmup_iters=0, window=1))
-    vit.train()(torch.randn(4, 64))
-    assert skip_count(vit) == 3  # W = 1: every step of all three norms counts as skipped
+                  norm_kwargs=dict(outlier_filtration=True, warmup_iters=0, window=2))
+    vit.train()(torch.randn(4, 64))  # t = 1 after no warm-up: the zero-filled slot is an outlier
+    per_layer = [int(m.skip_counter) for m in un_layers(vit)]
+    assert len(per_layer) == 3 and skip_count(vit) == sum(per_layer) == 3
 
 
 def test_same_seed_same_training_trajectory():
@@ -398,3 +420,78 @@ def test_windows_must_be_positive():
         UnifiedNorm(C, window=0)
     un = UnifiedNorm(C, window=(3, 2))
     assert un.buffer_x2.shape == (3, C) and un.buffer_gz.shape == (2, C)
+
+
+# -- the chapter's experiment helpers (replib.experiments.unified) ----------------------------------
+
+def _decide(rule, **metrics):
+    from replib.claims import Stat
+    out = rule({k: Stat.of(v) for k, v in metrics.items()})
+    return out[0] if isinstance(out, tuple) else out
+
+
+def test_on_par_rule_known_answers():
+    from replib.claims import Verdict
+    from replib.experiments.unified import on_par_rule
+    rule = on_par_rule("UN", "LN", "BN", tol=0.02, lower_is_better=True, unit="bpb")
+    ln = [3.40, 3.45, 3.42, 3.47, 3.41]
+    bn = [x + 0.1 for x in ln]
+    near = [x + d for x, d in zip(ln, [0.001, -0.002, 0.0, 0.002, -0.001])]
+    assert _decide(rule, UN=near, LN=ln, BN=bn) is Verdict.REPLICATED
+    # on par with LN but not better than BN: only the second tier
+    assert _decide(rule, UN=near, LN=ln, BN=[x - 0.1 for x in ln]) is Verdict.PARTIAL
+    # 0.03 worse than LN in every seed: within twice the tolerance only
+    assert _decide(rule, UN=[x + 0.03 + e for x, e in zip(ln, [0, 1e-3, -1e-3, 0, 5e-4])], LN=ln,
+                   BN=bn) is Verdict.PARTIAL
+    # far worse than LN in every seed: not replicated
+    assert _decide(rule, UN=[x + 0.5 for x in ln], LN=ln, BN=bn) is Verdict.NOT_REPLICATED
+    # noise around +0.03 with a wide spread: inconclusive
+    assert _decide(rule, UN=[x + d for x, d in zip(ln, [0.2, -0.15, 0.1, -0.05, 0.0])], LN=ln,
+                   BN=bn) is Verdict.INCONCLUSIVE
+    # higher is better (accuracy): signs flip
+    acc = on_par_rule("UN", "LN", "BN", tol=0.01, lower_is_better=False, unit="acc")
+    la = [0.90, 0.91, 0.92]
+    assert _decide(acc, UN=[0.901, 0.909, 0.92], LN=la, BN=[0.8, 0.8, 0.8]) is Verdict.REPLICATED
+    assert _decide(acc, UN=[0.5, 0.5, 0.51], LN=la, BN=[0.8, 0.8, 0.8]) is Verdict.NOT_REPLICATED
+
+
+def test_collapse_rule_known_answers():
+    from replib.claims import Verdict
+    from replib.experiments.unified import collapse_rule
+    rule = collapse_rule("on", "off", "BN")
+    assert _decide(rule, on=[0, 0, 0], off=[1, 0, 0], BN=[0, 0, 0]) is Verdict.REPLICATED
+    assert _decide(rule, on=[0, 0, 0], off=[0, 0, 0], BN=[0, 0, 0]) is Verdict.INCONCLUSIVE
+    assert _decide(rule, on=[1, 0, 0], off=[1, 1, 0], BN=[0, 0, 0]) is Verdict.NOT_REPLICATED
+
+
+def test_lm_splits_validation_and_test_are_disjoint_halves():
+    from replib.experiments.unified import lm_splits
+    text = "".join(chr(97 + (i * 7) % 26) for i in range(20000))
+    s = lm_splits(text, seq_len=16, windows=4)
+    held = torch.tensor(list(text[18000:].encode()))
+    assert torch.equal(s.data.val_x[0], held[:16]) and torch.equal(s.test_x[0], held[1000:1016])
+    assert len(s.data.train) == 18000 and s.unigram_bpb > 0
+
+
+def test_digits_splits_are_stratified_and_disjoint():
+    from replib.experiments.unified import digits_split, digits_splits
+    d = digits_splits(seed=0)
+    old = digits_split(seed=0)
+    assert len(d.y_val) + len(d.split.y_train) == len(old.y_train) == 1437
+    assert len(d.split.y_test) == 360 and len(d.y_val) == 288
+    assert torch.bincount(d.y_val).min() >= 25  # every class in the validation set
+    torch.testing.assert_close(d.split.x_train.mean(0), torch.zeros(64), atol=1e-5, rtol=0)
+
+
+def test_trials_return_what_lr_sweep_needs():
+    from replib.experiments.unified import digits_splits, lm_splits, lm_trial, un_kwargs, vit_trial
+    text = "".join(chr(97 + (i * 7) % 26) for i in range(20000))
+    s = lm_splits(text, seq_len=16, windows=4)
+    r = lm_trial("unified", 3e-3, 0, s, norm_kwargs=un_kwargs(6, window=1), n_layer=1, d_model=16,
+                 n_head=2, batch_size=4, steps=6, log_every=3)
+    assert {"val", "test", "curve", "skips"} <= set(r) and math.isfinite(r["test"]) and r["skips"] == 0
+    assert len(r["curve"]) == 2
+    v = vit_trial("layernorm", 1e-3, 0, digits_splits(seed=0), d_model=16, n_head=2, depth=1,
+                  batch_size=32, steps=4, eval_every=2)
+    assert {"val", "val_acc", "test", "curve"} <= set(v) and len(v["curve"]) == 2
+    assert 0.0 <= v["test"] <= 1.0 and math.isfinite(v["val"])

@@ -4,10 +4,17 @@ vision analog), and the inference-latency comparison of folded UN vs LayerNorm.
 
 - :func:`un_kwargs`: UN's hyper-parameters scaled to a short run (warm-up and compensation gate
   as fixed fractions of the run, chosen before any result).
+- :func:`lm_splits`: byte tokens with the held-out tenth cut in two, validation windows (to pick
+  each arm's learning rate) then test windows (to judge), and the byte-unigram reference.
 - :func:`run_lm`: one Pre-norm :class:`~replib.nn.TinyGPT` run (via
-  :func:`replib.experiments.placement.run_placement`), with UN's skip count.
+  :func:`replib.experiments.placement.run_placement`), with UN's skip count; :func:`lm_trial`
+  wraps it as the ``run(arm, lr, seed)`` of :func:`replib.train.lr_sweep`.
+- :func:`digits_splits`: ``load_digits`` in train / validation / test (stratified).
 - :func:`run_vit`: one :class:`~replib.nn.vit.TinyViT` run on ``load_digits``: AdamW,
-  warm-up + cosine, test accuracy in eval mode (running statistics for UN and BN).
+  warm-up + cosine, validation loss and test accuracy in eval mode (running statistics for UN
+  and BN); :func:`vit_trial` wraps it for :func:`replib.train.lr_sweep`.
+- :func:`on_par_rule`, :func:`collapse_rule`: the chapter's C1 and C2 rules (paired intervals;
+  known-answer tests in ``tests/test_unified.py``).
 - :func:`inference_latency`: LN model vs the same model with UN folded into its linear layers
   (no norm op), eval mode, timed fairly with :mod:`replib.timing`; peak memory on CUDA.
 """
@@ -16,18 +23,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
 
-from ..data import load_tabular, minibatches
-from ..data.tabular import Split
+from ..claims import Verdict, decide_side, paired
+from ..data import ByteTokenizer, lm_eval_windows, load_tabular, minibatches, split_tokens
+from ..data.tabular import Split, load_arrays
+from ..data.text import unigram_loss
 from ..nn import GPTConfig, TinyGPT
 from ..nn.unified import fold_unified, skip_count, un_layers
 from ..nn.vit import TinyViT
 from ..runtime import seed_everything, synchronize, torch_threads
 from ..timing import compare, inference_step, paired_ratio
-from ..train import adamw, train, warmup_cosine
-from .placement import LMData, PlacementRun, run_placement
+from ..train import adamw, lm_loss, train, warmup_cosine
+from .placement import LN2, LMData, PlacementRun, run_placement
 
 # The official schedule: UN warm-up 4000 of 100k NMT updates with the compensation gate at
 # max(1000, warm-up). The chapter's spec scales the warm-up to 1/6 of a short run (500 of 3000)
@@ -41,6 +52,31 @@ def un_kwargs(steps: int, window: int = 4, outlier_filtration: bool = False) -> 
     warm = max(1, int(round(WARMUP_FRACTION * steps)))
     return dict(window=window, warmup_iters=warm, outlier_filtration=outlier_filtration,
                 compensation_after=max(1, int(round(GATE_PER_WARMUP * warm))))
+
+
+@dataclass
+class LMSplits:
+    """Training tokens and validation windows (``data``, what :func:`run_lm` trains and logs on),
+    separate test windows, and the byte-unigram reference on them."""
+
+    data: LMData
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    unigram_bpb: float  # bits/byte of the test targets under the training stream's byte frequencies
+
+
+def lm_splits(text: str, seq_len: int, windows: int, val_fraction: float = 0.1,
+              device: torch.device | str = "cpu") -> LMSplits:
+    """Byte-tokenise ``text``; the last ``val_fraction`` is held out and cut in two halves: the
+    first gives ``windows`` validation windows (learning-rate selection, the logged curves), the
+    second ``windows`` test windows (the verdicts)."""
+    tokens = ByteTokenizer().encode(text)
+    train_tok, held = split_tokens(tokens, val_fraction)
+    half = len(held) // 2
+    vx, vy = lm_eval_windows(held[:half], seq_len, windows, device)
+    tx, ty = lm_eval_windows(held[half:], seq_len, windows, device)
+    data = LMData(train_tok, vx, vy, vx[:8], seq_len)
+    return LMSplits(data, tx, ty, unigram_loss(train_tok, ty) / LN2)
 
 
 def run_lm(norm: str, seed: int, data: LMData, *, norm_kwargs: dict | None = None,
@@ -60,9 +96,53 @@ def run_lm(norm: str, seed: int, data: LMData, *, norm_kwargs: dict | None = Non
     return run
 
 
+def lm_trial(norm: str, lr: float, seed: int, splits: LMSplits, *,
+             norm_kwargs: dict | None = None, **kw) -> dict:
+    """One :func:`run_lm` run as :func:`replib.train.lr_sweep` wants it: final validation and test
+    bits/byte (eval mode; NaN for a run whose loss went non-finite), the validation curve
+    (``curve``, bits/byte at ``steps_logged``) and UN's skip count."""
+    run = run_lm(norm, seed, splits.data, norm_kwargs=norm_kwargs, lr=lr, keep_model=True, **kw)
+    val = run.final_val_bpb
+    test = math.nan
+    if math.isfinite(val):
+        run.model.eval()
+        test = lm_loss(run.model, splits.test_x, splits.test_y) / LN2
+        test = test if math.isfinite(test) else math.nan
+        val = val if math.isfinite(test) else math.nan
+    return {"val": val, "test": test, "curve": [v / LN2 for v in run.val_loss],
+            "steps_logged": list(run.log_steps), "skips": run.skips, "seconds": run.seconds}
+
+
 def digits_split(seed: int = 0, device: torch.device | str = "cpu") -> Split:
     """``load_digits``: 8x8 images, standardised per pixel, stratified 80/20 split."""
     return load_tabular("digits", test_size=0.2, seed=seed).to(device)
+
+
+@dataclass
+class DigitsData:
+    """``split``: the training images (``x_train``, less the validation ones) and the test images;
+    ``x_val``/``y_val``: a stratified validation set carved from the training images."""
+
+    split: Split
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+def digits_splits(seed: int = 0, test_size: float = 0.2, val_size: float = 0.2,
+                  device: torch.device | str = "cpu") -> DigitsData:
+    """``load_digits`` in three stratified parts: the same test set as :func:`digits_split`
+    (80/20, ``seed``), and ``val_size`` of the remaining images held out for validation. Pixels
+    are standardised with the statistics of the images trained on."""
+    x, y = load_arrays("digits")
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
+    xfit, xval, yfit, yval = train_test_split(xtr, ytr, test_size=val_size, random_state=seed,
+                                              stratify=ytr)
+    mu, sd = xfit.mean(0), xfit.std(0)
+    sd[sd == 0] = 1.0
+    f = lambda a: torch.as_tensor((a - mu) / sd, dtype=torch.float32).to(device)  # noqa: E731
+    t = lambda a: torch.as_tensor(a, dtype=torch.long).to(device)  # noqa: E731
+    split = Split("digits", f(xfit), t(yfit), f(xte), t(yte), int(y.max()) + 1)
+    return DigitsData(split, f(xval), t(yval))
 
 
 @dataclass
@@ -73,6 +153,8 @@ class ViTRun:
     loss: list[float] = field(default_factory=list)  # training loss every step
     eval_steps: list[int] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)  # eval mode, at eval_steps
+    val_loss: list[float] = field(default_factory=list)  # eval mode, at eval_steps (with ``val``)
+    val_acc: list[float] = field(default_factory=list)
     diverged_at: int | None = None
     skips: int = 0  # UN outlier-filtration skips, summed over layers
     seconds: float = 0.0
@@ -98,12 +180,23 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(-1) == y).float().mean())
 
 
+@torch.no_grad()
+def loss_and_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Cross-entropy (nats) and accuracy; NaN for both when the logits are not finite."""
+    logits = model(x)
+    if not torch.isfinite(logits).all():
+        return math.nan, math.nan
+    return float(F.cross_entropy(logits, y)), float((logits.argmax(-1) == y).float().mean())
+
+
 def run_vit(norm: str, seed: int, split: Split, *, depth: int, d_model: int, n_head: int,
             steps: int, batch_size: int, lr: float, eval_every: int, norm_kwargs: dict | None = None,
             weight_decay: float = 0.05, warmup_frac: float = 0.05, grad_clip: float | None = 1.0,
+            val: tuple[torch.Tensor, torch.Tensor] | None = None,
             device: torch.device | str = "cpu", threads: int | None = 1,
             progress: bool = False) -> ViTRun:
-    """Train one :class:`TinyViT` (patch 2 on 8x8 digits) with ``norm`` in every position."""
+    """Train one :class:`TinyViT` (patch 2 on 8x8 digits) with ``norm`` in every position;
+    ``val`` (images, labels): also log the validation loss and accuracy at every evaluation."""
     with torch_threads(threads if torch.device(device).type == "cpu" else None):
         gen = seed_everything(seed)
         model = TinyViT(image=8, patch=2, n_classes=split.n_classes, d_model=d_model, depth=depth,
@@ -115,6 +208,10 @@ def run_vit(norm: str, seed: int, split: Split, *, depth: int, d_model: int, n_h
         def evaluate(m):
             acc = accuracy(m, split.x_test, split.y_test)
             run.test_acc.append(acc)
+            if val is not None:
+                vl, va = loss_and_accuracy(m, *val)
+                run.val_loss.append(vl)
+                run.val_acc.append(va)
             return {"test_acc": acc}
 
         hist = train(model, opt, minibatches(split.x_train, split.y_train, batch_size, gen),
@@ -125,6 +222,74 @@ def run_vit(norm: str, seed: int, split: Split, *, depth: int, d_model: int, n_h
     run.loss, run.diverged_at, run.seconds = hist.loss, hist.diverged_at, hist.seconds
     run.skips = skip_count(model)
     return run
+
+
+def vit_trial(norm: str, lr: float, seed: int, digits: DigitsData, *,
+              norm_kwargs: dict | None = None, **kw) -> dict:
+    """One :func:`run_vit` run as :func:`replib.train.lr_sweep` wants it: final validation loss
+    (``val``, the selection metric), validation and test accuracy (``test``), the validation-loss
+    curve and UN's skip count; NaN metrics for a run whose loss went non-finite."""
+    run = run_vit(norm, seed, digits.split, norm_kwargs=norm_kwargs, lr=lr,
+                  val=(digits.x_val, digits.y_val), **kw)
+    ok = run.diverged_at is None and run.eval_steps and run.eval_steps[-1] == run.steps
+    val = run.val_loss[-1] if ok else math.nan
+    return {"val": val if math.isfinite(val) else math.nan,
+            "val_acc": run.val_acc[-1] if ok else math.nan, "test": run.final_acc,
+            "curve": list(run.val_loss), "test_curve": list(run.test_acc),
+            "steps_logged": list(run.eval_steps), "skips": run.skips, "seconds": run.seconds}
+
+
+# -- the chapter's rules ---------------------------------------------------------------------------
+
+def on_par_rule(un: str, ln: str, bn: str, *, tol: float, lower_is_better: bool, unit: str,
+                confidence: float = 0.95):
+    r"""C1's rule with paired per-seed differences (the spec: UN within one seed-std, or ``tol``,
+    of LN and better than BN: replicated; within two: partially; else not replicated).
+
+    With :math:`s = +1` when lower is better and :math:`-1` otherwise, three Student-t intervals:
+    :math:`s(\mathrm{UN}-\mathrm{LN})` against ``tol`` and ``2 tol`` (UN no worse than LN by more
+    than that) and :math:`s(\mathrm{UN}-\mathrm{BN})` against 0 (UN better than BN).
+    Replicated: UN within ``tol`` of LN and better than BN (both intervals on the claimed side);
+    partially: UN within ``2 tol`` of LN (the spec's second tier; a BN comparison that does not
+    hold or cannot be decided is named); not replicated: the interval lies wholly beyond
+    ``2 tol``; inconclusive otherwise. Returns ``decide`` for :class:`replib.Rule`.
+    """
+    sign = 1.0 if lower_is_better else -1.0
+
+    def decide(m):
+        vals = {k: [sign * v for v in m[k].values] for k in (un, ln, bn)}
+        p_ln = paired(vals[un], vals[ln], names=(un, ln), confidence=confidence)
+        p_bn = paired(vals[un], vals[bn], names=(un, bn), confidence=confidence)
+        near = decide_side(p_ln, claimed="below", threshold=tol)
+        near2 = decide_side(p_ln, claimed="below", threshold=2 * tol)
+        beats = decide_side(p_bn, claimed="below", threshold=0.0)
+        flip = "" if lower_is_better else " (signs flipped: positive = UN worse)"
+        why = (f"{p_ln:.3g}{flip}; {p_bn:.3g}{flip}; UN within {tol:g} {unit} of LN: {near.value}, "
+               f"within {2 * tol:g}: {near2.value}; UN better than BN: {beats.value}")
+        if near is Verdict.REPLICATED and beats is Verdict.REPLICATED:
+            return Verdict.REPLICATED, why
+        if near2 is Verdict.REPLICATED:
+            return Verdict.PARTIAL, why
+        if near2 is Verdict.NOT_REPLICATED:
+            return Verdict.NOT_REPLICATED, why
+        return Verdict.INCONCLUSIVE, why
+    return decide
+
+
+def collapse_rule(on: str, off: str, reference: str):
+    """C2's rule on per-seed collapse indicators (1 = collapsed): replicated if ``off`` or
+    ``reference`` collapses in at least one seed while ``on`` never does; inconclusive if nothing
+    collapses; not replicated otherwise (``on`` collapses). The spec's rule has no partial tier."""
+    def decide(m):
+        n_on, n_off, n_ref = (int(np.nansum(m[k].values)) for k in (on, off, reference))
+        n = m[on].n
+        why = f"collapsed seeds: {on} {n_on}/{n}, {off} {n_off}/{n}, {reference} {n_ref}/{n}"
+        if n_on:
+            return Verdict.NOT_REPLICATED, why
+        if n_off + n_ref:
+            return Verdict.REPLICATED, why
+        return Verdict.INCONCLUSIVE, why + " (nothing collapsed at this scale)"
+    return decide
 
 
 # -- C4: inference latency ------------------------------------------------------------------------
@@ -180,5 +345,7 @@ def inference_latency(seed: int, *, n_layer: int, d_model: int, n_head: int, bat
         1.0 / paired_ratio(timings["un"], timings["layernorm"]), peak)
 
 
-__all__ = ["GATE_PER_WARMUP", "LatencyResult", "ViTRun", "WARMUP_FRACTION", "accuracy",
-           "digits_split", "inference_latency", "run_lm", "run_vit", "un_kwargs"]
+__all__ = ["GATE_PER_WARMUP", "DigitsData", "LMSplits", "LatencyResult", "ViTRun", "WARMUP_FRACTION",
+           "accuracy", "collapse_rule", "digits_split", "digits_splits", "inference_latency",
+           "lm_splits", "lm_trial", "loss_and_accuracy", "on_par_rule", "run_lm", "run_vit",
+           "un_kwargs", "vit_trial"]

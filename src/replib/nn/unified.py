@@ -28,8 +28,16 @@ With :math:`\rho` the (unbiased, scalar) variance of :math:`\sqrt{\text{buffer}}
 insertion, after the warm-up a batch is an outlier when for any channel the gap between the
 arithmetic and the geometric mean of the window exceeds :math:`W_f\,\rho`; it is then skipped:
 its buffer slot is overwritten by the running statistic :math:`\hat\sigma^2`, the current-batch
-statistic is used, and the skip counter grows. (With :math:`W_f = 1` every step counts as
-skipped: current-batch statistics, no compensation.)
+statistic is used, and the skip counter grows. With :math:`W_f = 1` every step is *treated* as
+skipped (current-batch statistic, :math:`r = 1`, the exact current-batch projection in the
+backward), but the skip counter counts only what the outlier test flags, and with one slot the
+arithmetic and geometric means are equal, so the test does not fire once the buffer holds a
+previous statistic (``skip = False if fp_buffer_size > 1 else True`` sets the flag, and only the
+outlier branch increments ``skip_counter``: ``image_classification/models/unified_normalization/
+unified_normalization.py``, ``UN2dFunction.forward``, commit
+``0ce9bf26837f94c58ae5dd0d206ad3aa32d82d07``). We compute the test as the code does, rounding
+included (at :math:`t = 1` with no warm-up the pre-insertion buffer is all zeros, so a one-ulp
+gap between ``exp(log(v))`` and ``v`` could fire it, there as here).
 
 **Fluctuation smoothing, backward** (custom, approximate by design). A compensation ratio
 
@@ -181,15 +189,17 @@ class UnifiedNorm(nn.Module):
     def _statistic(self, t: int, sigma2: torch.Tensor) -> tuple[torch.Tensor, bool]:
         r"""Insert :math:`\sigma^2_t` in the window, filter outliers, pick :math:`v_t`."""
         W = self.fp_window
-        skip = W == 1
+        skip = W == 1  # one slot: current-batch statistic, r = 1 (the official code), not counted
         slot = t % W
         check = self.outlier_filtration and t >= self.warmup_iters
-        recorded = self.buffer_x2.sqrt().var() if check and W > 1 else None  # before insertion
+        if check:  # the variance of sqrt(buffer) over all W*C entries, before the insertion
+            recorded = (self.buffer_x2.sqrt().var() if self.buffer_x2.numel() > 1
+                        else self.buffer_x2.new_tensor(float("nan")))  # one entry: no variance
         self.buffer_x2[slot].copy_(sigma2)
         if check:
             am = self.buffer_x2.mean(0)
             gm = self.buffer_x2.log().mean(0).exp()
-            if W == 1 or bool(((am - gm) > recorded * W).any()):
+            if bool(((am - gm) > recorded * W).any()):  # W = 1: am == gm, so (rounding aside) never
                 self.buffer_x2[slot].copy_(self.running_var)
                 skip = True
                 self.skip_counter += 1
