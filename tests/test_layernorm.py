@@ -248,3 +248,52 @@ def test_speedup_ratio_and_censoring():
     diverged = hist([2.0])
     diverged.diverged_at = 15
     assert speedup_ratio(diverged, base)[1] is False
+
+
+def test_three_valued_tiers_on_paired_intervals():
+    from replib.claims import Verdict, paired
+    from replib.experiments.layernorm import all3, any3, at_least, at_most, below, tiered
+    tight_low = paired([0.50, 0.52, 0.51], [0, 0, 0])  # interval well inside (0.4, 0.6)
+    wide = paired([0.2, 1.2, 0.6], [0, 0, 0])  # straddles 0.7 and 0.9
+    assert at_most(tight_low, 0.7) is True and at_most(tight_low, 0.45) is False
+    assert at_most(wide, 0.7) is None
+    assert at_least(tight_low, 0.45) is True and at_least(tight_low, 0.7) is False and at_least(wide, 0.7) is None
+    assert below(tight_low, 0.7) is True and below(tight_low, 0.3) is False and below(wide, 0.7) is None
+    assert all3(True, True) is True and all3(True, None) is None and all3(None, False) is False
+    assert any3(False, False) is False and any3(None, True) is True and any3(False, None) is None
+    assert tiered(True, False) is Verdict.REPLICATED
+    assert tiered(False, True) is Verdict.PARTIAL
+    assert tiered(False, False) is Verdict.NOT_REPLICATED and tiered(False) is Verdict.NOT_REPLICATED
+    assert tiered(None, True) is Verdict.INCONCLUSIVE and tiered(False, None) is Verdict.INCONCLUSIVE
+
+
+def test_runners_report_validation_and_test_and_the_sweep_adapters():
+    import math
+
+    from replib import lr_sweep
+    from replib.data import load_tabular
+    from replib.experiments.layernorm import (at_epoch, carve_validation, cnn_sweep_runner, run_char_lm,
+                                              run_mlp, run_seq_digits, sweep_runner)
+    dv = carve_validation(load_tabular("digits", test_size=0.2, seed=0), 0.2, seed=0)
+    assert len(dv.y_train) + len(dv.y_val) == 1437 and len(dv.y_test) == 360
+    store = {}
+    sw = lr_sweep(["none", "layernorm"], [1e-3, 3e-3], [0], sweep_runner(
+        run_seq_digits, store, data=dv, hidden=8, steps=6, batch_size=16, eval_every=3, grad_clip=5.0,
+        device="cpu", progress=False), select_on="val", progress=False)
+    h = store["layernorm", 3e-3, 0]
+    assert {"val_loss", "val_error", "test_loss", "test_error"} <= set(h.evals[-1][1])
+    r = sw.runs["layernorm"][3e-3][0]
+    assert r["val"] == h.final("val_loss") and r["test"] == h.final("test_loss") and len(r["curve"]) == 2
+    tokens = torch.arange(2000) % 23
+    val, test = (tokens[:40].view(4, 10), tokens[1:41].view(4, 10)), (tokens[50:90].view(4, 10), tokens[51:91].view(4, 10))
+    hc = run_char_lm("layernorm", 0, tokens, val, test, 23, hidden=8, d_embed=4, steps=4, batch_size=4,
+                     seq_len=10, lr=1e-3, eval_every=2, grad_clip=5.0, device="cpu", progress=False)
+    assert set(hc.evals[-1][1]) == {"val_loss", "test_loss"} and hc.final("val_loss") != hc.final("test_loss")
+    out = run_mlp("layernorm", 128, 1e-3, 0, dv, width=16, depth=1, epochs=2, device="cpu")
+    assert 0 <= out["val"] <= 100 and 0 <= out["test"] <= 100 and len(out["curve"]) == 2
+    cnn_store = {}
+    run = cnn_sweep_runner(dv, cnn_store, early_epoch=1, epochs=2, batch_size=256, device="cpu")
+    r = run("batchnorm", 1e-3, 0)
+    hist = cnn_store["batchnorm", 1e-3, 0]
+    assert r["val"] == at_epoch(hist, "val_loss", 1) and r["test"] == at_epoch(hist, "test_loss", 1)
+    assert len(r["curve"]) == 2 and math.isnan(at_epoch(hist, "val_loss", 3))

@@ -428,3 +428,25 @@ def test_norm_spec_and_a_tiny_run_are_deterministic():
     b = run_lm("PN", 0, tokens, val, **kw)
     assert a.val_bpb == b.val_bpb and 0 < a.val_bpb < 10
     assert len(a.history.evals) == 2
+
+
+def test_sweep_runner_keeps_runs_and_scores_validation_and_test():
+    import math
+
+    from replib import lr_sweep
+    from replib.experiments.powernorm import sweep_runner
+    tokens = torch.arange(3000) % 97
+    val = (tokens[:64].view(4, 16), tokens[1:65].view(4, 16))
+    test = (tokens[100:164].view(4, 16), tokens[101:165].view(4, 16))
+    kw = dict(n_layer=1, d_model=8, n_head=2, seq_len=16, min_len=4, batch_size=4, steps=4,
+              warmup=2, eval_every=2, progress=False)
+    store = {}
+    sweep = lr_sweep(["LN", "BN"], [1e-3, 3e-3], [0], sweep_runner(tokens, val, test, store, **kw),
+                     select_on="val", progress=False)
+    assert set(store) == {(a, lr, 0) for a in ("LN", "BN") for lr in (1e-3, 3e-3)}
+    assert store["BN", 1e-3, 0].stats is not None and store["LN", 1e-3, 0].stats is None  # C1 tracker
+    r = sweep.runs["LN"][1e-3][0]
+    assert r["val"] == store["LN", 1e-3, 0].val_bpb and math.isfinite(r["test"]) and r["test"] != r["val"]
+    assert r["curve"] == store["LN", 1e-3, 0].history.eval_series("bpb")[1] and len(r["curve"]) == 2
+    assert sweep.best_lr("LN") in (1e-3, 3e-3)
+    assert store["LN", 1e-3, 0].model is None  # the model is not kept

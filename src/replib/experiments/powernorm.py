@@ -1,8 +1,11 @@
 """Runs for the PowerNorm chapter (Shen et al. 2020, arXiv 2003.07845).
 
 - :func:`run_lm`: a pre-norm byte-level language model on padded batches of random-length windows,
-  one norm variant and one seed; validation bits per byte over training; optionally the batch
-  statistics of every batch-norm layer against its running estimates (claim C1).
+  one norm variant and one seed; validation bits per byte over training, test bits per byte at the
+  end; optionally the batch statistics of every batch-norm layer against its running estimates
+  (claim C1).
+- :func:`sweep_runner`: the ``run(arm, lr, seed)`` function :func:`replib.lr_sweep` calls, keeping
+  every run for the chapter's figures and C1.
 - :func:`run_digits_cnn`: the vision baseline of C1, a small BN CNN on 8x8 digits with the same
   statistics tracker.
 - :func:`inference_latency`: LN model vs folded PN models, timed fairly in one process.
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -140,6 +143,7 @@ class LMRun:
     history: History
     val_bpb: float  # final validation bits per byte (nan: diverged)
     stats: BatchStatTracker | None = None
+    test_bpb: float = math.nan  # final test bits per byte (nan: diverged, or no test split given)
     model: nn.Module | None = field(default=None, repr=False)
 
 
@@ -154,12 +158,14 @@ def run_lm(variant: str, seed: int, train_tokens: torch.Tensor,
            val: tuple[torch.Tensor, torch.Tensor], *, n_layer: int, d_model: int, n_head: int,
            seq_len: int, min_len: int, batch_size: int, steps: int, lr: float, warmup: int,
            eval_every: int, grad_clip: float | None = 1.0, device="cpu",
-           track_stats: bool = False, keep_model: bool = False, progress: bool = True) -> LMRun:
+           track_stats: bool = False, keep_model: bool = False, progress: bool = True,
+           test: tuple[torch.Tensor, torch.Tensor] | None = None) -> LMRun:
     """Train a pre-norm :class:`~replib.nn.TinyGPT` with ``variant``'s norm in every norm slot.
 
     Adam(0.9, 0.98) as in the paper's IWSLT recipe, linear LR warm-up over ``warmup`` steps (the
     same number the code-version PN spends on batch statistics, as the authors tie the two) and
-    cosine decay. Validation: full windows in eval mode (running statistics), in bits per byte.
+    cosine decay. Validation: full windows in eval mode (running statistics), in bits per byte,
+    every ``eval_every`` steps; ``test`` windows (if given) once, after the last step.
     """
     gen = seed_everything(seed)
     model = make_gpt(variant, n_layer=n_layer, d_model=d_model, n_head=n_head, seq_len=seq_len,
@@ -178,7 +184,26 @@ def run_lm(variant: str, seed: int, train_tokens: torch.Tensor,
                  desc=f"{variant} s{seed}", progress=progress)
     if tracker is not None:
         tracker.remove()
-    return LMRun(hist, hist.final("bpb"), tracker, model if keep_model else None)
+    test_bpb = math.nan
+    if test is not None and not hist.diverged:
+        model.eval()
+        test_bpb = lm_loss(model, test[0].to(device), test[1].to(device)) / math.log(2)
+    return LMRun(hist, hist.final("bpb"), stats=tracker, test_bpb=test_bpb,
+                 model=model if keep_model else None)
+
+
+def sweep_runner(train_tokens: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor],
+                 test: tuple[torch.Tensor, torch.Tensor], store: dict, **lm_kw: Any,
+                 ) -> Callable[[str, float, int], dict[str, Any]]:
+    """``run(arm, lr, seed)`` for :func:`replib.lr_sweep`: one :func:`run_lm` (batch statistics
+    tracked for ``BN``, claim C1), kept in ``store[arm, lr, seed]``; returns the final validation
+    (``val``, where the sweep selects) and test (``test``, what the claims judge) bits per byte and
+    the validation curve (NaN metrics for a diverged run; it never raises)."""
+    def run(arm: str, lr: float, seed: int) -> dict[str, Any]:
+        r = run_lm(arm, seed, train_tokens, val, lr=lr, track_stats=(arm == "BN"), test=test, **lm_kw)
+        store[arm, lr, seed] = r
+        return {"val": r.val_bpb, "test": r.test_bpb, "curve": r.history.eval_series("bpb")[1]}
+    return run
 
 
 def run_digits_cnn(seed: int, split: Split, *, epochs: int, batch_size: int, lr: float,
@@ -228,3 +253,64 @@ def inference_latency(seed: int, *, n_layer: int, d_model: int, n_head: int, seq
     out = {k: paired_ratio(t, timings["LN"]) for k, t in timings.items() if k != "LN"}
     out["LN ms"] = 1e3 * timings["LN"].median
     return out
+
+
+def findings_markdown(claims: dict, bpb: dict[str, list[float]], best: dict[str, float | None],
+                      sweep: Any, unigram: float, runs: dict[str, list[LMRun]], *, scale: str) -> Any:
+    """The chapter's "What we learned", computed from this run's numbers and verdicts (so it stays
+    true whatever they are): one line per claim, then the chosen learning rates and the diagnostics."""
+    from IPython.display import Markdown
+
+    from ..claims import Stat, paired
+
+    def pd(a: str, b: str) -> str:
+        p = paired(bpb[a], bpb[b], names=(a, b))
+        lo, hi = p.interval
+        return f"{a} − {b} = {p.mean:+.3f} bits/byte (95% interval [{lo:+.3f}, {hi:+.3f}], {p.n} seeds)"
+
+    lines = []
+    if "C1" in claims:
+        c = claims["C1"]
+        lines.append(f"**C1 ({c.verdict.value}).** Batch-variance deviation from the running variance, "
+                     f"LM over CNN: {c.ours}. The paper's premise is a ratio well above 1; "
+                     + ("ours is above 1." if c.metrics["ratio d_var LM / CNN"].mean > 1 else
+                        "ours is not above 1: with padding masked out, our byte-level LM's batch "
+                        "variances are no noisier than the digits CNN's."))
+    if "C2" in claims:
+        lines.append(f"**C2 ({claims['C2'].verdict.value}).** No translation experiment: the BLEU claim is "
+                     "neither confirmed nor refuted here.")
+    for cid, pairs in (("C3", [("PN", "LN"), ("BN", "LN")]), ("C4", [("PN", "PN-V"), ("PN-V", "BN")])):
+        if cid in claims:
+            c = claims[cid]
+            gate = [q for q in c.qualifiers if q.startswith("health gate failed")]
+            lines.append(f"**{cid} ({c.verdict.value}).** " + "; ".join(pd(a, b) for a, b in pairs) + "."
+                         + (f" The verdict is set by a failed gate: {gate[0][len('health gate failed: '):]}."
+                            if gate else ""))
+    lrs = ", ".join(f"{v} {lr:g}" if lr is not None else f"{v} none eligible" for v, lr in best.items())
+    lines.append(f"**Learning rates.** Chosen on validation from the grid {list(sweep.grid)}: {lrs}."
+                 + (f" {sweep.edge_note()[0].upper()}{sweep.edge_note()[1:]}." if sweep.edge_note() else ""))
+    order = sorted((v for v in best), key=lambda v: Stat.of(bpb[v]).mean
+                   if math.isfinite(Stat.of(bpb[v]).mean) else math.inf)
+    lines.append("**Ranking by mean test loss at each variant's best rate:** "
+                 + " < ".join(f"{v} ({Stat.of(bpb[v]).mean:.3f})" for v in order)
+                 + f" bits/byte; the byte-unigram model is at {unigram:.3f}.")
+    diag = [v for v in ("PN (paper)", "PN (no GS)") if runs.get(v)]
+    if diag:
+        parts = []
+        for v in diag:
+            st = Stat.of(bpb[v])
+            above = sum(b > unigram for b in st.finite)
+            parts.append(f"{v} {st:.3f} bits/byte ({st.n_diverged} of {st.n} diverged, {above} above the "
+                         "unigram loss)")
+        pn = Stat.of(bpb["PN"]).mean
+        worse = [v for v in diag if not math.isfinite(Stat.of(bpb[v]).mean) or Stat.of(bpb[v]).mean > pn + 0.1]
+        lines.append(f"**Diagnostics (PN's chosen rate, not claims).** {'; '.join(parts)}; PN (code version) "
+                     f"{Stat.of(bpb['PN']):.3f}. "
+                     + (f"{' and '.join(worse)} ended more than 0.1 bits/byte behind the released code version "
+                        "(or diverged): at this scale what the paper's pseudocode leaves out (GroupScaling, the "
+                        "warm-up on batch statistics) matters." if worse else
+                        "Neither ended more than 0.1 bits/byte behind the released code version."))
+    text = "\n".join(f"- {line}" for line in lines)
+    if scale == "smoke":
+        text += "\n\n*Smoke scale: a pipeline check, not a result.*"
+    return Markdown(text)
