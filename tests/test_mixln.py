@@ -126,3 +126,85 @@ def test_run_variant_is_deterministic_and_measures():
 def test_divergence_is_recorded_not_dropped():
     r = _run("Post-LN", 0, lr=1e4, grad_clip=None)
     assert r.diverged and math.isnan(r.final_loss) and math.isnan(r.ppl)
+
+
+# ------------------------------------------------------- issue 10: sweep, rules, ViT analog
+from replib.claims import Stat, Verdict  # noqa: E402
+
+
+def test_test_loss_and_sweep_pick_each_best():
+    tokens = torch.randint(0, 50, (4000,), generator=torch.Generator().manual_seed(1))
+    val, test = lm_eval_windows(tokens[-600:-300], 16, 4), lm_eval_windows(tokens[-300:], 16, 4)
+    args = dict(n_layer=4, d_model=16, n_head=2, seq_len=16, batch_size=4, steps=6, log_every=3, eval_every=3)
+    sweep, runs = mixln.variant_sweep(["Pre-LN", "Mix-LN"], [1e-3, 3e-3], [0, 1], tokens[:-600], val, test,
+                                      progress=False, **args)
+    assert len(runs) == 8
+    for v in ("Pre-LN", "Mix-LN"):
+        best = mixln.at_best(sweep, runs, v)
+        assert [r.seed for r in best] == [0, 1] and all(math.isfinite(r.test_loss) for r in best)
+        assert sweep.runs[v][sweep.best_lr(v)][1]["test"] == best[1].test_loss
+    one = mixln.run_variant("Pre-LN", 0, tokens[:-600], val, lr=3e-3, progress=False, **args)
+    assert math.isnan(one.test_loss)  # no test windows given
+
+
+def _m(**kw):
+    return {k: Stat.of(v) for k, v in kw.items()}
+
+
+H = mixln.ppl_health(3.1)
+
+
+def test_health_on_perplexity_is_the_loss_margin():
+    assert H.reference - H.margin == pytest.approx(math.exp(3.05))
+    assert H.failures(_m(a=[math.exp(3.06)]), ["a"]) and not H.failures(_m(a=[math.exp(3.04)]), ["a"])
+
+
+def test_c1_rule_known_answers():
+    rule = mixln.mix_quality_rule(H)
+    pre, post = (15.2, 14.8, 15.3, 15.0, 15.1), (17.0, 17.2, 16.9, 17.1, 17.0)
+    assert rule(_m(**{"Pre-LN": pre, "Post-LN": post, "Mix-LN": [p - 0.5 for p in pre]})) is Verdict.REPLICATED
+    assert rule(_m(**{"Pre-LN": pre, "Post-LN": post, "Mix-LN": [p + 0.3 for p in pre]})) is Verdict.NOT_REPLICATED
+    v, why = rule.apply(_m(**{"Pre-LN": pre, "Post-LN": [22.7] * 5, "Mix-LN": [p - 0.5 for p in pre]}))
+    assert v is Verdict.PARTIAL and "excluded" in why  # Post at the unigram level
+    assert rule(_m(**{"Pre-LN": [22.7] * 5, "Post-LN": post, "Mix-LN": pre})) is Verdict.INCONCLUSIVE
+
+
+def test_c2_c3_rules_known_answers():
+    gates = {"Pre-LN": [15.0] * 3, "Mix-LN": [15.0] * 3, "Post-LN": [16.0] * 3}
+    good = {"CV Pre-LN": [0.9, 0.85, 0.8], "CV Post-LN": [2.1, 2.2, 2.15], "CV Mix-LN": [0.6, 0.62, 0.61],
+            "Pre-LN last/first": [0.12, 0.13, 0.15], "Post-LN first/last": [1e-3, 5e-4, 2e-3]}
+    rule = mixln.gradient_balance_rule(H)
+    assert rule(_m(**good, **gates)) is Verdict.REPLICATED
+    assert rule(_m(**{**good, "CV Mix-LN": [1.2, 1.25, 1.3]}, **gates)) is Verdict.NOT_REPLICATED
+    assert rule(_m(**good, **{**gates, "Post-LN": [22.7] * 3})) is Verdict.INCONCLUSIVE
+    deep = mixln.deep_layers_rule(H)
+    m = {"deep angle Pre-LN": [0.021, 0.022, 0.023], "deep angle Mix-LN": [0.0205, 0.0191, 0.0196],
+         "deep drop Pre-LN": [0.006, 0.001, 0.003], "deep drop Mix-LN": [0.0056, 0.0024, 0.0013]}
+    assert deep(_m(**m, **gates)) is Verdict.INCONCLUSIVE  # the old cpu numbers: Mix lower, but 3 seeds can't tell
+    assert deep(_m(**{**m, "deep angle Mix-LN": [0.015, 0.0155, 0.016]}, **gates)) is Verdict.NOT_REPLICATED
+    assert deep(_m(**{**m, "deep angle Mix-LN": [0.03, 0.031, 0.032], "deep drop Mix-LN": [0.01, 0.009, 0.011]},
+                   **gates)) is Verdict.REPLICATED
+
+
+def test_mix_vit_blocks():
+    for variant, k in (("Pre-LN", 0), ("Mix-LN", 2), ("Post-LN", 8)):
+        m = mixln.mix_vit(variant, n_classes=10, d_model=16, depth=8, n_head=2)
+        assert [isinstance(b, mixln.PostViTBlock) for b in m.blocks] == [i < k for i in range(8)]
+    torch.manual_seed(0)
+    pre = mixln.mix_vit("Pre-LN", n_classes=10, d_model=16, depth=4, n_head=2)
+    torch.manual_seed(0)
+    mix = mixln.mix_vit("Mix-LN", n_classes=10, d_model=16, depth=4, n_head=2)
+    assert sum(p.numel() for p in pre.parameters()) == sum(p.numel() for p in mix.parameters())
+    b, x = mix.blocks[0], torch.randn(2, 17, 16)
+    with torch.no_grad():
+        h = b.norm1(x + b.attn(x))
+        torch.testing.assert_close(b(x), b.norm2(h + b.mlp(h)))
+        out = mix.blocks[0](x)
+        torch.testing.assert_close(out.pow(2).mean(-1).sqrt(), torch.ones(2, 17), rtol=1e-4, atol=1e-4)
+
+
+def test_vit_run_and_digits_split():
+    d = mixln.digits_data()
+    assert d.x_train.shape[0] + d.x_val.shape[0] == 1437 and d.x_test.shape[0] == 360
+    out = mixln.vit_run("Mix-LN", 3e-3, 0, d, d_model=16, depth=4, n_head=2, batch_size=128, epochs=1)
+    assert {"val", "test", "curve", "diverged"} <= set(out) and 0 <= out["test"] <= 1 and len(out["curve"]) == 1

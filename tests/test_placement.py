@@ -115,3 +115,89 @@ def test_threads_restored(data):
     before = torch.get_num_threads()
     pl.run_placement("pre", 0, 3e-3, data, threads=1, **{**SMALL, "steps": 2})
     assert torch.get_num_threads() == before
+
+
+# ------------------------------------------------------- issue 10: split, sweep, verdict rules
+from replib.claims import Health, Stat, Verdict  # noqa: E402
+
+HEALTH = Health(reference=4.5, margin=0.07, name="byte-unigram loss (bits/byte)")
+
+
+def test_split_data_has_disjoint_val_and_test_halves():
+    d = pl.lm_data_split(TEXT + "".join(chr(65 + i % 26) for i in range(3000)), seq_len=16, val_windows=4,
+                         test_windows=4, probe_windows=2)
+    assert d.val_x.shape == d.test_x.shape == (4, 16) and d.probe.shape == (2, 16)
+    assert not torch.equal(d.val_x, d.test_x)
+    assert pl.lm_data(TEXT, seq_len=16, val_windows=4).test_x is None  # the old loader is unchanged
+
+
+def test_sweep_records_val_test_and_picks_each_best():
+    d = pl.lm_data_split(TEXT, seq_len=16, val_windows=4, test_windows=4, probe_windows=2)
+    sweep, runs = pl.placement_sweep(["pre", "peri"], [3e-3, 1e-2], [0, 1], d, progress=False, **SMALL)
+    assert len(runs) == 8 and sweep.grid == (3e-3, 1e-2)
+    for arm in ("pre", "peri"):
+        best = pl.at_best(sweep, runs, arm)
+        assert [r.seed for r in best] == [0, 1] and {r.lr for r in best} == {sweep.best_lr(arm)}
+        assert all(math.isfinite(r.final_test_bpb) for r in best)
+        rec = sweep.runs[arm][sweep.best_lr(arm)][0]
+        assert rec["val"] == best[0].final_val_bpb and rec["test"] == best[0].final_test_bpb
+    assert pl.per_seed_events(list(runs.values()), [0, 1]) == [
+        sum(int(r.diverged) + r.spikes for r in runs.values() if r.seed == s) for s in (0, 1)]
+    assert sweep.to_json()["best"]["pre"] == sweep.best_lr("pre")
+
+
+def _m(**kw):
+    return {k: Stat.of(v) for k, v in kw.items()}
+
+
+def c1_metrics(peri, pre=(3.0, 3.1, 3.05, 3.2, 3.0), post=(4.0, 4.1, 4.0, 4.2, 4.0), top=(0.0,) * 5):
+    return _m(pre=pre, peri=peri, post=post, **{f"{p} top-lr divergent": top for p in ("pre", "peri", "post")})
+
+
+def test_c1_rule_known_answers():
+    rule = pl.peri_quality_rule(HEALTH)
+    better = tuple(v - 0.2 for v in (3.0, 3.1, 3.05, 3.2, 3.0))
+    assert rule(c1_metrics(better)) is Verdict.REPLICATED
+    assert rule(c1_metrics(tuple(v + 0.4 for v in better))) is Verdict.NOT_REPLICATED  # reversal
+    assert rule(c1_metrics((3.1, 3.0, 3.1, 3.1, 3.05))) is Verdict.INCONCLUSIVE  # noise
+    stalled_post = c1_metrics(better, post=(4.49,) * 5)  # Post at the unigram level: excluded, partial tier
+    v, why = rule.apply(stalled_post)
+    assert v is Verdict.PARTIAL and "excluded" in why
+    assert rule(c1_metrics(better, pre=(4.48,) * 5)) is Verdict.INCONCLUSIVE  # a stalled baseline decides nothing
+    assert rule(c1_metrics(better, post=(3.0,) * 5)) is Verdict.PARTIAL  # Post not the worst
+
+
+def test_c2_rule_known_answers():
+    rule = pl.stability_rule(HEALTH)
+    base = dict(pre=(3.0,) * 3, peri=(3.0,) * 3)
+    def m(peri, pre, wp=2, wq=1):
+        return _m(**base, **{"peri events": peri, "pre events": pre, "peri best-LR range width": wp,
+                             "pre best-LR range width": wq})
+    assert rule(m((1, 2, 1), (10, 12, 11))) is Verdict.REPLICATED
+    assert rule(m((5, 5, 5), (5, 5, 5))) is Verdict.PARTIAL  # the spec's "equal" tier
+    assert rule(m((10, 12, 11), (1, 2, 1))) is Verdict.NOT_REPLICATED
+    assert rule(m((1, 2, 1), (10, 12, 11), wp=1, wq=2)) is Verdict.NOT_REPLICATED  # narrower range
+    assert rule(m((1, 9, 4), (5, 3, 6))) is Verdict.INCONCLUSIVE
+
+
+def test_c3_rule_known_answers():
+    rule = pl.growth_rule(HEALTH)
+    def m(pre, peri, lin=(0.99, 0.98, 0.99), exp=(0.8, 0.82, 0.79)):
+        return _m(**{"pre growth ratio": pre, "peri growth ratio": peri, "peri R2 linear": lin,
+                     "peri R2 exp": exp, "pre": (3.0,) * 3, "peri": (3.0,) * 3})
+    assert rule(m((10, 11, 12), (2, 2.1, 2.05))) is Verdict.REPLICATED
+    assert rule(m((10, 11, 12), (2, 2.1, 2.05), lin=(0.8, 0.82, 0.79), exp=(0.99, 0.98, 0.99))) is Verdict.PARTIAL
+    assert rule(m((2.3, 2.4, 2.35), (8, 7.5, 7.7))) is Verdict.NOT_REPLICATED  # Peri grows more: reversed
+    assert rule(m((6.0, 7.0, 6.5), (2.0, 2.2, 2.1))) is Verdict.INCONCLUSIVE  # ratio ~3.1 ± noise vs 3
+
+
+def test_c4_rule_known_answers():
+    rule = pl.gradient_rule(HEALTH)
+    def m(peri_cv, post=(3.0,) * 3, fl=(1e-3, 2e-3, 5e-4)):
+        return _m(**{"pre CV": (1.3, 1.4, 1.35), "peri CV": peri_cv, "post CV": (2.9, 3.0, 2.95),
+                     "post first/last": fl, "pre": (3.0,) * 3, "peri": (3.0,) * 3, "post": post})
+    assert rule(m((0.5, 0.6, 0.55))) is Verdict.REPLICATED
+    assert rule(m((0.5, 0.6, 0.55), fl=(1.0, 2.0, 1.5))) is Verdict.NOT_REPLICATED  # no vanishing: reversed
+    v, why = rule.apply(m((0.5, 0.6, 0.55), post=(4.49,) * 3))  # Post stalled: its parts undecided
+    assert v is Verdict.INCONCLUSIVE and "undecided" in why
+    assert rule(m((2.0, 2.1, 2.05), post=(4.49,) * 3)) is Verdict.NOT_REPLICATED  # Peri CV worse than Pre's

@@ -35,11 +35,13 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from ..claims import Health, Paired, Rule, Stat, Verdict, decide_side, paired
 from ..data import ByteTokenizer, lm_batches, lm_eval_windows, split_tokens
 from ..nn import GPTConfig, TinyGPT, block_grad_norms, hidden_states
 from ..runtime import seed_everything, torch_threads
 from ..show import explorer
-from ..train import adamw, lm_loss, progress_bar, train, warmup_cosine
+from ..train import Sweep, adamw, lm_loss, progress_bar, train, warmup_cosine
+from ..train import lr_sweep as _lr_sweep
 
 LN2 = math.log(2.0)
 
@@ -53,6 +55,8 @@ class LMData:
     val_y: torch.Tensor
     probe: torch.Tensor  # (n_probe, seq_len): where residual statistics are measured
     seq_len: int
+    test_x: torch.Tensor | None = None  # (n_test, seq_len): a second held-out half (lm_data_split)
+    test_y: torch.Tensor | None = None
 
 
 def lm_data(text: str, seq_len: int, val_windows: int, probe_windows: int = 8,
@@ -62,6 +66,19 @@ def lm_data(text: str, seq_len: int, val_windows: int, probe_windows: int = 8,
     train_tok, val_tok = split_tokens(tokens, val_fraction)
     vx, vy = lm_eval_windows(val_tok, seq_len, val_windows, device)
     return LMData(train_tok, vx, vy, vx[:probe_windows], seq_len)
+
+
+def lm_data_split(text: str, seq_len: int, val_windows: int, test_windows: int,
+                  probe_windows: int = 8, val_fraction: float = 0.1,
+                  device: torch.device | str = "cpu") -> LMData:
+    """Like :func:`lm_data`, with the held-out tail cut in two halves: validation windows from the
+    first half (to choose a learning rate on) and test windows from the second (to judge on)."""
+    tokens = ByteTokenizer().encode(text)
+    train_tok, held = split_tokens(tokens, val_fraction)
+    val_tok, test_tok = split_tokens(held, 0.5)
+    vx, vy = lm_eval_windows(val_tok, seq_len, val_windows, device)
+    tx, ty = lm_eval_windows(test_tok, seq_len, test_windows, device)
+    return LMData(train_tok, vx, vy, vx[:probe_windows], seq_len, tx, ty)
 
 
 @dataclass
@@ -82,6 +99,7 @@ class PlacementRun:
     diverged_at: int | None = None  # first step with a non-finite loss
     seconds: float = 0.0
     model: Any = field(default=None, repr=False)  # the trained model when keep_model=True
+    test_loss: float = math.nan  # nats/byte on LMData.test_x after the last step (when it has one)
 
     @property
     def nan(self) -> bool:
@@ -101,6 +119,11 @@ class PlacementRun:
     @property
     def final_val_bpb(self) -> float:
         return self.final_val_loss / LN2
+
+    @property
+    def final_test_bpb(self) -> float:
+        """Test bits/byte (``nan`` if the run hit a NaN or the data has no test windows)."""
+        return math.nan if self.nan else self.test_loss / LN2
 
     @property
     def diverged(self) -> bool:
@@ -199,6 +222,10 @@ def run_placement(placement: str, seed: int, lr: float, data: LMData, *, n_layer
                      grad_clip=grad_clip, scheduler=sched, on_backward=on_backward,
                      desc=f"{placement} lr={lr:g} s{seed}", progress=progress)
     run.loss, run.diverged_at, run.seconds = hist.loss, hist.diverged_at, hist.seconds
+    if data.test_x is not None and not hist.diverged:
+        model.eval()
+        with torch_threads(threads if torch.device(device).type == "cpu" else None):
+            run.test_loss = lm_loss(model, data.test_x, data.test_y)
     if keep_model:
         run.model = model
     return run
@@ -263,9 +290,50 @@ def count_norms(model: torch.nn.Module) -> int:
     return n
 
 
-__all__ = ["LMData", "PlacementRun", "best_lr_range", "coefficient_of_variation", "count_norms",
-           "count_spikes", "fit_r2", "is_divergent", "lm_data", "lr_sweep", "run_placement",
-           "select", "val_loss"]
+def sweep_record(run: PlacementRun) -> dict:
+    """What :class:`~replib.train.Sweep` keeps of one run: validation and test bits/byte (``nan``
+    when the loss turned non-finite), the validation-loss curve (nats/byte), spikes, divergence."""
+    return {"val": run.final_val_bpb, "test": run.final_test_bpb, "curve": list(run.val_loss),
+            "steps": list(run.log_steps), "spikes": run.spikes, "diverged": bool(run.diverged),
+            "seconds": round(run.seconds, 2)}
+
+
+def placement_sweep(placements: Iterable[str], grid: Iterable[float], seeds: Iterable[int],
+                    data: LMData, progress: bool = True,
+                    **kw) -> tuple[Sweep, dict[tuple[str, float, int], PlacementRun]]:
+    """The same learning-rate ``grid`` for every placement, every seed (:func:`replib.train.lr_sweep`,
+    selected on validation bits/byte). Returns the sweep and every run, keyed ``(placement, lr, seed)``
+    (``kw`` go to :func:`run_placement`)."""
+    runs: dict[tuple[str, float, int], PlacementRun] = {}
+
+    def one(placement: str, lr: float, seed: int) -> dict:
+        runs[(placement, lr, seed)] = r = run_placement(placement, seed, lr, data, **kw)
+        return sweep_record(r)
+
+    sweep = _lr_sweep(list(placements), list(grid), list(seeds), one, select_on="val",
+                      progress=progress)
+    return sweep, runs
+
+
+def at_best(sweep: Sweep, runs: dict[tuple[str, float, int], PlacementRun],
+            placement: str) -> list[PlacementRun]:
+    """The placement's runs at its own best learning rate, in seed order (the sweep's)."""
+    lr = sweep.best_lr(placement)
+    lr = sweep.grid[0] if lr is None else lr  # every grid point diverged: any lr, all NaN
+    return [runs[(placement, lr, s)] for s in sweep.seeds]
+
+
+def per_seed_events(runs: Iterable[PlacementRun], seeds: Sequence[int]) -> list[int]:
+    """Per seed, divergences + spike steps summed over the runs given (e.g. one placement's grid)."""
+    runs = list(runs)
+    return [sum(int(r.diverged) + r.spikes for r in runs if r.seed == s) for s in seeds]
+
+
+__all__ = ["LMData", "PlacementRun", "at_best", "best_lr_range", "coefficient_of_variation",
+           "all_of", "count_norms", "count_spikes", "fit_r2", "gate_note", "gradient_rule", "growth_rule",
+           "is_divergent", "lm_data", "lm_data_split", "log_paired", "peri_quality_rule", "stability_rule",
+           "lr_sweep", "per_seed_events", "placement_sweep", "run_placement", "select",
+           "sweep_record", "val_loss", "with_partial_tier"]
 
 
 def lr_stability_explorer(data: LMData, *, n_layer: int = 6, d_model: int = 64, n_head: int = 4,
@@ -297,3 +365,159 @@ def lr_stability_explorer(data: LMData, *, n_layer: int = 6, d_model: int = 64, 
         log10_lr=widgets.FloatSlider(value=-2.5, min=-4.0, max=-0.5, step=0.25,
                                      description="log10 lr"),
         seed=widgets.IntSlider(value=0, min=0, max=4, description="seed")))
+
+
+# ----------------------------------------------------------------- chapter 05's verdict rules
+# Each rule is decided on paired per-seed differences (replib.claims.paired, a Student-t
+# interval) after the health gates; the chapter declares them before its learning-rate sweep.
+
+def all_of(*verdicts: Verdict) -> Verdict:
+    """A conjunction of parts: replicated when every part is, not replicated when any part is
+    (the claim as a whole is then contradicted), inconclusive otherwise."""
+    if all(v is Verdict.REPLICATED for v in verdicts):
+        return Verdict.REPLICATED
+    if any(v is Verdict.NOT_REPLICATED for v in verdicts):
+        return Verdict.NOT_REPLICATED
+    return Verdict.INCONCLUSIVE
+
+
+def log_paired(a: Stat | Sequence[float], b: Stat | Sequence[float] | float, *,
+               names: tuple[str, str]) -> Paired:
+    """Paired differences of logarithms, ``log a_s - log b_s`` (a ratio test: ``b`` may be one
+    constant, then it is a one-sample interval for ``log a`` against ``log b``)."""
+    a = a.values if isinstance(a, Stat) else tuple(a)
+    b = (b,) * len(a) if isinstance(b, (int, float)) else (b.values if isinstance(b, Stat) else tuple(b))
+    lg = lambda v: math.log(v) if math.isfinite(v) and v > 0 else math.nan  # noqa: E731
+    return paired([lg(x) for x in a], [lg(x) for x in b], names=names)
+
+
+def gate_note(health: Health, metrics, arm: str) -> str:
+    """Why ``arm`` is excluded from a part of a claim (it failed the health gate), or ""."""
+    failed = health.failures(metrics, [arm])
+    return "; ".join(failed)
+
+
+def with_partial_tier(main: Verdict, rest_holds: bool, why: Sequence[str]) -> tuple[Verdict, str]:
+    """The spec's three-tier quality rule (chapters 05 and 25): the main comparison decides unless it
+    holds; then the rest of the claim (Post-LN the worst) separates replicated from partially."""
+    if main is not Verdict.REPLICATED:
+        return main, "; ".join(why)
+    return (Verdict.REPLICATED if rest_holds else Verdict.PARTIAL), "; ".join(why)
+
+
+def peri_quality_rule(health: Health) -> Rule:
+    """C1: Peri-LN below Pre-LN on test bits/byte, and Post-LN the worst (the spec's tiers)."""
+    text = (
+        "Claim: Peri-LN reaches lower test bits/byte than Pre-LN, and Post-LN is the worst. Each "
+        "placement is read at its own best learning rate of the shared grid, chosen on the "
+        "validation half. Main part: paired per-seed Peri − Pre with a 95% Student-t interval; wholly "
+        "below 0: the main part holds; wholly at or above 0: not replicated; straddling 0: "
+        "inconclusive (the spec's tier 'partially if Peri ≤ Pre within noise' is read as inconclusive: "
+        "an interval across zero supports neither side). Post part: the Post − Pre and Post − Peri "
+        "intervals both lie above 0, or Post diverges (NaN, or final loss above its first loss − 0.1) "
+        "at the grid's highest learning rate in some seed where Pre and Peri do not. A Post-LN that "
+        "fails the health gate is excluded from the Post part (shown, not decided). Replicated if the "
+        "main part and the Post part hold; partially replicated (the spec's tier, Peri ≤ Pre) if the "
+        "main part holds and the Post part does not or Post-LN is excluded.")
+
+    def decide(m):
+        main = paired(m["peri"], m["pre"], names=("Peri", "Pre"))
+        verdict, why = decide_side(main, claimed="below"), [f"{main}"]
+        excluded = gate_note(health, m, "post")
+        top_div = (m["post top-lr divergent"].finite.sum() > 0
+                   and m["pre top-lr divergent"].finite.sum() == 0
+                   and m["peri top-lr divergent"].finite.sum() == 0)
+        if excluded:
+            post_ok = top_div
+            why.append("Post-LN excluded from the Post part: " + excluded
+                       + ("; it diverges at the highest lr where Pre and Peri do not" if top_div else ""))
+        else:
+            vs = [paired(m["post"], m[o], names=("Post", o.capitalize())) for o in ("pre", "peri")]
+            worst = all(decide_side(p, claimed="above") is Verdict.REPLICATED for p in vs)
+            post_ok = worst or top_div
+            why += [f"{p}" for p in vs]
+            why.append(f"Post part {'holds' if post_ok else 'does not hold'}")
+        return with_partial_tier(verdict, post_ok, why)
+
+    return Rule(text, decide, health, ("pre", "peri"))
+
+
+def stability_rule(health: Health) -> Rule:
+    """C2: fewer divergences + spikes for Peri-LN over the grid, and a best-LR range at least as wide."""
+    text = (
+        "Claim: over the learning-rate grid and seeds Pre-LN spikes or diverges more often than "
+        "Peri-LN, and Peri-LN is less sensitive to the learning rate. Per seed, divergences + spike "
+        "steps summed over the grid; paired per-seed Peri − Pre with a 95% Student-t interval. "
+        "Replicated if the interval lies below 0 and Peri's best-LR range (grid points with no "
+        "divergent seed and mean validation bits/byte within 0.1 of its best) is at least as wide as "
+        "Pre's; partially replicated (the spec's tier) if the counts are equal in every seed and the "
+        "range at least as wide; not replicated if the interval lies above 0, or if the range is "
+        "narrower (the learning-rate half reversed); inconclusive otherwise.")
+
+    def decide(m):
+        p = paired(m["peri events"], m["pre events"], names=("Peri", "Pre"))
+        wide = m["peri best-LR range width"].mean >= m["pre best-LR range width"].mean
+        side = decide_side(p, claimed="below")
+        why = f"{p}; best-LR range {'at least as wide' if wide else 'narrower'} for Peri"
+        if side is Verdict.NOT_REPLICATED and p.n and all(d == 0 for d in p.diffs):
+            return (Verdict.PARTIAL if wide else Verdict.NOT_REPLICATED), why + " (equal counts)"
+        if side is Verdict.NOT_REPLICATED or not wide:
+            return Verdict.NOT_REPLICATED, why
+        return side, why
+
+    return Rule(text, decide, health, ("pre", "peri"))
+
+
+def growth_rule(health: Health) -> Rule:
+    """C3: Pre-LN's depth growth ratio >= 3x Peri-LN's; Peri-LN's std over depth about linear."""
+    text = (
+        "Claim: Pre-LN's hidden-state std grows strongly with depth, Peri-LN's slowly and about "
+        "linearly. Growth ratio = std(h_L)/std(h_1) at the end of training, each placement at its own "
+        "best learning rate. Ratio part: paired per-seed log(Pre ratio) − log(Peri ratio), 95% "
+        "Student-t interval, against log 3 (the spec's '≥ 3×'). Shape part: per seed R² of a linear "
+        "fit of Peri-LN's std over depth minus R² of an exponential fit, interval above 0. "
+        "Replicated if both parts hold; partially replicated (the spec's tier) if only the ratio "
+        "part holds; not replicated if the ratio interval lies wholly below log 3; inconclusive "
+        "otherwise.")
+
+    def decide(m):
+        ratio = log_paired(m["pre growth ratio"], m["peri growth ratio"], names=("log Pre ratio", "log Peri ratio"))
+        rv = decide_side(ratio, claimed="above", threshold=math.log(3))
+        shape = paired(m["peri R2 linear"], m["peri R2 exp"], names=("R2 linear", "R2 exp"))
+        sv = decide_side(shape, claimed="above")
+        why = f"{ratio} (threshold log 3 = {math.log(3):.3f}); {shape}"
+        if rv is not Verdict.REPLICATED:
+            return rv, why
+        return (Verdict.REPLICATED if sv is Verdict.REPLICATED else Verdict.PARTIAL), why
+
+    return Rule(text, decide, health, ("pre", "peri"))
+
+
+def gradient_rule(health: Health) -> Rule:
+    """C4: Peri-LN's layer-to-layer gradient CV the smallest; Post-LN's first/last ratio < 0.3."""
+    text = (
+        "Claim: Peri-LN's per-layer gradient norms are the steadiest, while Post-LN's vanish in the "
+        "early layers. CV = std/mean of block gradient norms over layers, averaged over 10/50/100% "
+        "of training, each placement at its own best learning rate. Parts, each a paired per-seed "
+        "95% Student-t interval: Peri CV − Pre CV below 0; Peri CV − Post CV below 0; log(Post "
+        "first/last block gradient ratio) below log 0.3 (one-sample). Replicated if every part "
+        "holds, not replicated if any part is reversed (its interval wholly on the other side), "
+        "inconclusive otherwise (the spec has no partial tier). A Post-LN that fails the health "
+        "gate leaves its two parts undecided (inconclusive).")
+
+    def decide(m):
+        parts = [paired(m["peri CV"], m["pre CV"], names=("Peri CV", "Pre CV"))]
+        verdicts = [decide_side(parts[0], claimed="below")]
+        why = [f"{parts[0]}"]
+        excluded = gate_note(health, m, "post")
+        if excluded:
+            verdicts.append(Verdict.INCONCLUSIVE)
+            why.append("Post-LN parts undecided: " + excluded)
+        else:
+            cv = paired(m["peri CV"], m["post CV"], names=("Peri CV", "Post CV"))
+            fl = log_paired(m["post first/last"], 0.3, names=("log Post first/last", "log 0.3"))
+            verdicts += [decide_side(cv, claimed="below"), decide_side(fl, claimed="below")]
+            why += [f"{cv}", f"{fl}"]
+        return all_of(*verdicts), "; ".join(why)
+
+    return Rule(text, decide, health, ("pre", "peri"))
