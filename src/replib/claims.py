@@ -289,7 +289,7 @@ def better(a: str, b: str, *, metric: str, lower_is_better: bool = True, min_eff
            confidence: float = 0.95, health: Health | None = None) -> Rule:
     """The paper says arm ``a`` beats arm ``b`` on ``metric`` (by more than ``min_effect``)."""
     claimed = _claimed_text(a, b, metric, lower_is_better, min_effect)
-    side, threshold = ("below", -min_effect) if lower_is_better else ("above", min_effect)
+    side, threshold = ("below", -min_effect or 0.0) if lower_is_better else ("above", min_effect)
     text = (f"Claim: {claimed}. Paired per-seed difference {a} − {b} with a {confidence:.0%} "
             f"Student-t interval: replicated if the interval lies {side} {threshold:g}, not "
             f"replicated if it lies wholly on the other side, inconclusive otherwise.")
