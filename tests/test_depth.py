@@ -101,3 +101,87 @@ def test_runner_is_deterministic_and_profile_has_per_layer_shapes():
 def test_helpers():
     assert dp.thirds([1, 1, 1, 2, 2, 2, 3, 3, 3]) == (1.0, 3.0)
     assert dp.variance_growth([1.0, 2.0, 3.0, 4.0]) == 3.0  # Var(h_3)/Var(h_1): inputs of blocks 3, 1
+
+
+def test_val_test_windows_are_the_two_halves():
+    toks = _tokens(2000)
+    val, test = dp.val_test_windows(toks, 16, 100)
+    assert torch.equal(val[0][0], toks[:16]) and torch.equal(test[0][0], toks[1000:1016])
+    assert val[0].shape[0] == test[0].shape[0] == (1000 - 1) // 16
+
+
+def test_sweep_runner_keeps_models_and_returns_val_test_curve():
+    toks = _tokens()
+    val, test = dp.val_test_windows(toks[3500:], SMALL["seq_len"], 4)
+    keep = {}
+    run = dp.sweep_runner(toks[:3500], val, test, keep=keep, **SMALL, batch_size=4, steps=4,
+                          warmup_frac=0.25, eval_every=2, grad_clip=None, device="cpu", progress=False)
+    out = run("Pre-LN + LNS", 1e-3, 0)
+    assert set(out) == {"val", "test", "curve", "curve_steps"}
+    assert out["curve_steps"] == [2, 4] and out["val"] == out["curve"][-1]
+    assert math.isfinite(out["test"]) and out["test"] != out["val"]
+    assert keep[("Pre-LN + LNS", 1e-3, 0)].blocks[1].scale == pytest.approx(1 / math.sqrt(2))
+
+
+def test_addition_task_masks_everything_but_the_answers():
+    x, y = dp.addition_task(3, 24, seed=0)
+    assert x.shape == y.shape == (3, 24)
+    for xi, yi in zip(x, y):
+        text = bytes(xi.tolist()).decode()
+        for t in range(23):  # y[t] is the byte after x[t]; it is kept only inside an answer
+            nxt = xi[t + 1].item()
+            if yi[t].item() != -100:
+                assert yi[t].item() == nxt
+        # every "=" is followed by a trained answer byte, every "+" by an ignored prompt byte
+        for t, ch in enumerate(text[:-1]):
+            if ch == "=":
+                assert yi[t].item() != -100
+            if ch == "+":
+                assert yi[t].item() == -100
+    a, b = dp.addition_task(2, 24, seed=1), dp.addition_task(2, 24, seed=1)
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], x[:2])
+
+
+def test_finetune_sft_is_deterministic_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = TinyGPT(dp.depth_config(True, **SMALL))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = dp.addition_task(32, 16, seed=0)
+    val, test = dp.addition_task(4, 16, seed=1), dp.addition_task(4, 16, seed=2)
+    kw = dict(lr=1e-3, steps=4, batch_size=4, warmup_frac=0.25, seed=3, device="cpu")
+    a, b = dp.finetune_sft(model, data, val, test, **kw), dp.finetune_sft(model, data, val, test, **kw)
+    assert a == b and math.isfinite(a["test"]) and len(a["curve"]) == 4
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    ref = dp.answer_unigram(data[1], test[1])
+    assert 0 < ref < math.log(256)
+    # answer_loss counts answer bytes only
+    x, y = test
+    logits = model.eval()(x)[0]
+    keep = y != -100
+    expect = torch.nn.functional.cross_entropy(logits[keep], y[keep]).item()
+    assert dp.answer_loss(model, x, y) == pytest.approx(expect, rel=1e-5)
+
+
+def test_all_of_needs_every_part_and_a_reversal_refutes():
+    from replib.claims import Verdict, paired
+    up = paired([1.0, 1.1, 0.9], [0.0, 0.1, 0.0])
+    R, N, I = Verdict.REPLICATED, Verdict.NOT_REPLICATED, Verdict.INCONCLUSIVE
+    assert dp.all_of({"a": (R, up), "b": (R, up)})[0] is R
+    assert dp.all_of({"a": (R, up), "b": (N, up)})[0] is N
+    assert dp.all_of({"a": (R, up), "b": (I, up)})[0] is I
+    assert dp.all_of({"a": (I, up), "b": (N, up)})[0] is N
+    assert "a: replicated" in dp.all_of({"a": (R, up)})[1]
+
+
+def test_findings_say_a_reversal_in_words():
+    from replib.claims import Claim, Verdict
+    claims = {c: Claim(c, "", "", "", Verdict.NOT_REPLICATED, "") for c in ("C1", "C2", "C3", "C4")}
+    text = dp.findings_markdown(
+        claims, test_loss={"Pre-LN": [2.0, 2.1], "LNS": [2.05, 2.2]}, best={"Pre-LN": 1e-3, "LNS": 1e-3},
+        growth={"Pre-LN": [100.0, 120.0], "LNS": [10.0, 12.0]},
+        ang_last={"Pre-LN": [0.02, 0.03], "LNS": [0.01, 0.01]},
+        first_third={"Pre-LN": [0.1, 0.1], "LNS": [0.1, 0.1]},
+        last_third={"Pre-LN": [0.01, 0.02], "LNS": [0.001, 0.0]},
+        gain_last={"Pre-LN": [1.0, 1.0], "LNS": [1.01, 1.0]},
+        sft_loss={"Pre-LN": [1.0, 1.0], "LNS": [1.1, 1.2]}, unigram=3.0, scale="cpu")
+    assert "less useful than Pre-LN's" in text and "*less*" in text and "0 of 2" in text

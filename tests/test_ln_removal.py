@@ -208,19 +208,82 @@ def test_convert_rejects_wrong_models():
 
 def test_runner_direct_effect_and_determinism():
     from replib.experiments.ln_removal import (
+        FT_ARMS,
         bos_eval_windows,
         direct_effect_error,
-        run_seed,
+        ft_runner,
+        instant_removal_ce,
+        pretrain,
+        val_test_windows,
     )
     tokens = torch.randint(0, 256, (3000,), generator=torch.Generator().manual_seed(0))
-    val = bos_eval_windows(tokens[2500:], 16, 4)
-    kw = dict(n_layer=2, d_model=16, n_head=2, seq_len=16, pretrain_steps=3, pretrain_lr=1e-3,
-              batch_size=2, ft_steps=12, start=1, gaps=(1, 1, 1, 1, 1), eval_every=12,
-              calib_batches=1, device="cpu", dla_windows=2)
-    a = run_seed(0, tokens[:2500], val, **kw)
-    b = run_seed(0, tokens[:2500], val, **kw)
-    assert a["removed"]["ce"] == b["removed"]["ce"] and a["instant"] == b["instant"]
-    assert a["dla_err_free"] < 1e-10 and a["dla_err_ln"] > 1e-3
-    assert val[0][:, 0].eq(256).all()
-    assert is_ln_free(a["models"]["removed"])
-    assert direct_effect_error(a["models"]["removed"], val[0][:1]) < 1e-10
+    val, test = val_test_windows(tokens[2500:], 16, 2)
+    assert val[0][:, 0].eq(256).all() and test[0][:, 0].eq(256).all()
+    assert not torch.equal(val[0], test[0])  # two halves of the held-out text
+    assert torch.equal(val[0], bos_eval_windows(tokens[2500:2750], 16, 2)[0])
+    base, _ = pretrain(0, tokens[:2500], n_layer=2, d_model=16, n_head=2, seq_len=16, steps=3,
+                       batch_size=2, lr=1e-3, device="cpu")
+    sched = removal_schedule(2, 1, 1, 1, 1, 1, 1)
+    keep = {}
+    run = ft_runner({0: base}, tokens[:2500], val, test, schedule=sched, steps=12, batch_size=2,
+                    seq_len=16, eval_every=6, calib_batches=1, device="cpu", keep=keep)
+    a, b = run(FT_ARMS[1], 6e-4, 0), run(FT_ARMS[1], 6e-4, 0)
+    assert a == b and set(a) >= {"val", "test", "curve"} and len(a["curve"]) == 3
+    removed = keep[(FT_ARMS[1], 6e-4, 0)]
+    assert is_ln_free(removed)
+    vanilla_out = run(FT_ARMS[0], 6e-4, 0)
+    vanilla = keep[(FT_ARMS[0], 6e-4, 0)]
+    assert not any(isinstance(m, FakeLayerNorm) for m in vanilla.modules())
+    assert vanilla_out["test"] != a["test"]
+    official = run(FT_ARMS[2], 6e-4, 0)
+    off = keep[(FT_ARMS[2], 6e-4, 0)]
+    assert is_ln_free(off) and official["test"] != a["test"]
+    for ln in fake_norms(off).values():  # frozen at the calibration, whatever the running estimate did
+        for path in ln.paths:
+            assert float(getattr(ln, f"fake_std_{path}")) == float(ln.init_std)
+    kw = dict(seed=0, batch_size=2, seq_len=16, calib_batches=1, device="cpu")
+    assert instant_removal_ce(base, tokens[:2500], test, **kw) == instant_removal_ce(base, tokens[:2500], test, **kw)
+    assert direct_effect_error(removed, val[0][:1]) < 1e-10
+    assert direct_effect_error(vanilla, val[0][:1]) > 1e-3
+
+
+def test_freeze_initial_uses_the_pre_finetuning_estimate_and_no_bos_scalar():
+    m = convert_to_fake(_model(), freeze="initial", bos_special=False)
+    calibrate_std(m, _batches(), 2)
+    ln = m.blocks[0].norm2
+    init = float(ln.init_std)
+    assert init == float(ln.real_std)
+    m.train()
+    m(next(_batches(5))[0])  # training forwards move the running estimate ...
+    assert float(ln.real_std) != init
+    ln.make_fake()
+    assert float(ln.fake_std_main) == init  # ... but the frozen value is the initial one
+    assert not ln.bos_special
+    # our default freezes at the running estimate
+    r = convert_to_fake(_model())
+    calibrate_std(r, _batches(), 2)
+    r.train()
+    r(next(_batches(5))[0])
+    r.blocks[0].norm2.make_fake()
+    assert float(r.blocks[0].norm2.fake_std_main) == float(r.blocks[0].norm2.real_std)
+    assert r.blocks[0].norm2.bos_special
+    with pytest.raises(ReplibError):
+        FakeLayerNorm(4, freeze="sometimes")
+
+
+def test_max_slope_says_whether_the_budget_rule_can_fail():
+    from replib.experiments.ln_removal import max_slope
+    assert max_slope([1e5, 1e6], [50, 500]) == pytest.approx(1.0)
+    assert max_slope([149376, 1777152], [50, 100, 200, 400]) < 1 < max_slope([149376, 1777152], [25, 400])
+
+
+def test_findings_are_written_from_the_numbers():
+    from replib.claims import Claim, Verdict
+    from replib.experiments.ln_removal import FT_ARMS, findings_markdown
+    claims = {c: Claim(c, "", "", "", Verdict.REPLICATED, "") for c in ("C1", "C4")}
+    ce = {"vanilla FT": [2.0, 2.1, 2.2], "removal FT": [2.02, 2.13, 2.21], "instant": [2.3, 2.4, 2.5],
+          FT_ARMS[2]: [2.2, 2.3, 2.4]}
+    text = findings_markdown(claims, ce=ce, pretrained=[2.1, 2.2, 2.3], best={"vanilla FT": 6e-4, "removal FT": 6e-4},
+                             err_free=[1e-14], err_ln=[0.5], official=FT_ARMS[2], scale="cpu")
+    assert "+0.020" in text and "worse in 3 of 3" in text
+    assert "the official default is worse on our models" in text

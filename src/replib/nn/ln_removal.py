@@ -15,11 +15,40 @@ frozen at the moment the path is switched to fake. Once fake, :math:`\mathrm{LN}
 map of :math:`x` (centring is linear), so it folds into the next linear layer
 (:func:`fold_ln_free`).
 
-As in the official code, position 0 (the BOS token, whose residual norm is atypical) keeps its own
-fixed scalar while the schedule runs; that special case is dropped at the end so every LN ends as
-one scalar for all positions. The attention LN has two paths, queries/keys and values, switched at
-different steps. :func:`convert_to_fake` swaps a replib ``TinyGPT``'s norms for these modules in
-place; :func:`removal_schedule` reproduces the official schedule arithmetic.
+The attention LN has two paths, queries/keys and values, switched at different steps.
+:func:`convert_to_fake` swaps a replib ``TinyGPT``'s norms for these modules in place;
+:func:`removal_schedule` reproduces the official schedule arithmetic (``config.py``).
+
+**Which of the official code's options this follows.** Read in ``train.py`` and ``config.py`` of
+the official repository (newest snapshot, commit 583a9e6):
+
+- *Default flags* (no ``EXP_*`` environment variable set): a fake path divides by
+  ``average_std_buffer``, filled when the model is converted from the precomputed per-layer
+  ``std_dicts`` (``generate_std_dict.py``: the std of the residual stream over positions 1 onwards
+  of one training sample) and never updated afterwards: ``sync_std`` runs only under
+  ``EXP_RECOMPUTE_STD_ON_REAL`` or ``EXP_RECOMPUTE_STD_ON_FAKE``. The running estimate
+  ``real_average_std`` (momentum ``config.momentum``, default 0.9) is updated on every forward,
+  over all positions (``std.mean()``; ``EXP_NON_BOS_AVERAGE_STD`` excludes position 0), but the
+  forward does not use it. ``bos_special_treatment`` defaults to False and
+  ``replace_layernorm_with_fake_layernorm`` does not pass it (``EXP_BOS_SPECIAL_TREATMENT`` is
+  documented and printed, and read nowhere else in ``train.py``), so there is no position-0 scalar;
+  the BOS removal event is scheduled only under ``EXP_CORRECT_BOS``. ``ln_1`` is called three times
+  per block forward (Q/K, V, and the EOT-V path), so its running estimate moves three times per
+  forward, and under ``EXP_RECOMPUTE_STD_ON_REAL`` its Q/K and V paths share one buffer.
+- *What we follow by default* (``freeze="running"``, ``bos_special=True``): the combination
+  ``EXP_RECOMPUTE_STD_ON_REAL`` + ``EXP_NON_BOS_AVERAGE_STD`` + BOS special treatment with
+  ``EXP_CORRECT_BOS``. Each path is frozen, at its own switch step, to the running average
+  (momentum 0.9, one update per *training* forward, none on evaluation forwards, for ``ln_1`` too)
+  of the mean per-token σ over positions ≥ 1; position 0 (the BOS token, whose residual norm is
+  atypical) keeps its own running scalar until the schedule's last event drops it, so every LN ends
+  as one scalar for all positions. Why: the spec describes this procedure; our models are trained
+  by us, so there is no GPT-2 std dictionary to copy and the starting estimate is an average over a
+  few calibration batches (:func:`calibrate_std`); and the value a path is frozen to is then the
+  σ the model produces at the moment it switches, after the earlier removals it has adapted to.
+- ``freeze="initial"`` with ``bos_special=False`` reproduces the official *default* flags on our
+  models: every path divides, from its switch on, by the calibration average taken before
+  fine-tuning (positions ≥ 1, like the std dictionaries), and position 0 never gets its own
+  scalar. Chapter 26 measures both.
 """
 from __future__ import annotations
 
@@ -39,18 +68,26 @@ class FakeLayerNorm(nn.Module):
 
     ``paths`` names the outputs that can be switched separately (``("main",)``; the attention LN
     uses ``("qk", "v")``). ``bos_position``: inputs are ``(B, T, d)`` and position 0 is tracked
-    (and, while ``bos_special``, scaled) with its own scalar.
+    (and, while ``bos_special``, scaled) with its own scalar. ``freeze``: a path switched to fake
+    divides by the running estimate at that moment (``"running"``) or by the estimate taken before
+    fine-tuning (``"initial"``, the official code's default flags; see the module docstring).
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.9,
-                 paths: tuple[str, ...] = ("main",), bos_position: bool = True):
+                 paths: tuple[str, ...] = ("main",), bos_position: bool = True,
+                 freeze: str = "running"):
         super().__init__()
-        self.dim, self.eps, self.momentum = dim, eps, momentum
+        if freeze not in ("running", "initial"):
+            raise ReplibError(f"freeze must be 'running' or 'initial', not {freeze!r}")
+        self.dim, self.eps, self.momentum, self.freeze = dim, eps, momentum, freeze
         self.paths, self.bos_position = tuple(paths), bos_position
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
         self.register_buffer("real_std", torch.tensor(1.0))  # EMA of mean sigma, positions >= 1
         self.register_buffer("real_bos_std", torch.tensor(1.0))  # the same, position 0
+        # the estimate before fine-tuning (set by calibrate_std): what freeze="initial" uses
+        self.register_buffer("init_std", torch.tensor(1.0))
+        self.register_buffer("init_bos_std", torch.tensor(1.0))
         for p in self.paths:
             self.register_buffer(f"fake_std_{p}", torch.tensor(1.0))
             self.register_buffer(f"fake_bos_std_{p}", torch.tensor(1.0))
@@ -96,13 +133,16 @@ class FakeLayerNorm(nn.Module):
 
     # --- switching --------------------------------------------------------------------------
     def make_fake(self, path: str | None = None) -> None:
-        """Freeze ``path`` (default: all) to the current std estimate."""
+        """Freeze ``path`` (default: all) to the current std estimate (``freeze="running"``) or to
+        the estimate taken before fine-tuning (``freeze="initial"``)."""
+        main, bos = ((self.real_std, self.real_bos_std) if self.freeze == "running" else
+                     (self.init_std, self.init_bos_std))
         for p in self.paths if path is None else (path,):
             if p not in self.fake:
                 raise ReplibError(f"unknown path {p!r}; this LN has {self.paths}")
             if not self.fake[p]:
-                getattr(self, f"fake_std_{p}").copy_(self.real_std)
-                getattr(self, f"fake_bos_std_{p}").copy_(self.real_bos_std)
+                getattr(self, f"fake_std_{p}").copy_(main)
+                getattr(self, f"fake_bos_std_{p}").copy_(bos)
                 self.fake[p] = True
 
     @property
@@ -160,12 +200,15 @@ class SplitLNAttention(nn.Module):
         return a.proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
-def convert_to_fake(model: nn.Module, momentum: float = 0.9) -> nn.Module:
+def convert_to_fake(model: nn.Module, momentum: float = 0.9, freeze: str = "running",
+                    bos_special: bool = True) -> nn.Module:
     """Swap every LayerNorm of a Pre-LN ``TinyGPT`` for a :class:`FakeLayerNorm`, in place.
 
     ``block.norm1`` becomes a :class:`Passthrough` and ``block.attn`` a :class:`SplitLNAttention`
     holding the attention LN (paths ``qk`` and ``v``); ``block.norm2`` and ``model.norm_f`` become
     single-path fake LNs. All start real: the model computes exactly what it computed before.
+    ``freeze`` and ``bos_special`` choose between our procedure (the defaults) and the official
+    code's default flags (``freeze="initial", bos_special=False``); see the module docstring.
     """
     cfg = getattr(model, "cfg", None)
     if cfg is None or cfg.norm != "layernorm" or cfg.placement != "pre" or not cfg.final_norm:
@@ -175,11 +218,14 @@ def convert_to_fake(model: nn.Module, momentum: float = 0.9) -> nn.Module:
     for block in model.blocks:
         if not isinstance(block.norm1, LayerNorm):
             raise ReplibError("model is already converted")
-        ln1 = FakeLayerNorm.from_layernorm(block.norm1, momentum=momentum, paths=("qk", "v"))
+        ln1 = FakeLayerNorm.from_layernorm(block.norm1, momentum=momentum, paths=("qk", "v"),
+                                           freeze=freeze)
         block.attn = SplitLNAttention(block.attn, ln1)
         block.norm1 = Passthrough()
-        block.norm2 = FakeLayerNorm.from_layernorm(block.norm2, momentum=momentum)
-    model.norm_f = FakeLayerNorm.from_layernorm(model.norm_f, momentum=momentum)
+        block.norm2 = FakeLayerNorm.from_layernorm(block.norm2, momentum=momentum, freeze=freeze)
+    model.norm_f = FakeLayerNorm.from_layernorm(model.norm_f, momentum=momentum, freeze=freeze)
+    for ln in fake_norms(model).values():
+        ln.bos_special = bos_special
     return model
 
 
@@ -195,7 +241,8 @@ def fake_norms(model: nn.Module) -> dict[str, FakeLayerNorm]:
 
 @torch.no_grad()
 def calibrate_std(model: nn.Module, batches, n_batches: int) -> None:
-    """Set every FakeLN's std estimate to its plain average over ``n_batches`` inputs.
+    """Set every FakeLN's std estimate (and ``init_std``, what ``freeze="initial"`` freezes to)
+    to its plain average over ``n_batches`` inputs.
 
     The official code starts from precomputed per-layer averages (``*_std_dicts.json``).
     """
@@ -210,6 +257,8 @@ def calibrate_std(model: nn.Module, batches, n_batches: int) -> None:
     finally:
         for ln in norms:
             ln._avg = None
+            ln.init_std.copy_(ln.real_std)
+            ln.init_bos_std.copy_(ln.real_bos_std)
         model.train(was)
 
 
