@@ -384,3 +384,65 @@ def test_block_forward_deterministic_same_seed():
         outs.append(m(torch.arange(6).view(1, 6))[0])
     assert torch.equal(*outs)
     assert x.dtype == torch.float32
+
+
+# ---- the sweep point and the rules -------------------------------------------------------------
+
+def test_sweep_point_returns_val_test_profile_and_approx():
+    from replib.data import book_corpus
+    sp = bx.lm_splits(book_corpus().text[:200_000], seq_len=16, val_windows=4, test_windows=4, probe_windows=2)
+    kw = dict(n_layer=2, d_model=16, n_head=2, seq_len=16, batch_size=2, steps=4, warmup_frac=0.25,
+              eval_every=2, grad_clip=1.0, probe_windows=2)
+    out = bx.sweep_point("BHyT", 1e-3, 0, sp, **kw)
+    assert out["val"] == out["curve"][-1] and out["steps"] == [2, 4] and out["val"] != out["test"]
+    assert len(out["rms"]) == 3 and out["growth"] == pytest.approx(out["rms"][-1] / out["rms"][1])
+    assert len(out["approx"]["per_layer"]) == 2
+    assert bx.sweep_point("RMSNorm", 1e-3, 0, sp, **kw)["approx"] is None
+
+
+def _c1_metrics(lrs, *, b_growth, r_growth, b_loss=2.0, r_loss=2.0, dyt_loss=3.0, shallow=2.5, n=4):
+    m = {}
+    for lr in lrs:
+        m[f"growth RMSNorm lr={lr:g}"] = [r_growth + 0.1 * i for i in range(n)]
+        m[f"growth BHyT lr={lr:g}"] = [b_growth + 0.05 * i for i in range(n)]
+        m[f"loss RMSNorm lr={lr:g}"] = [r_loss + 0.01 * i for i in range(n)]
+        m[f"loss BHyT lr={lr:g}"] = [b_loss + 0.01 * i for i in range(n)] if b_loss is not None else [None] * n
+        m[f"loss DyT lr={lr:g}"] = [dyt_loss + 0.012 * i for i in range(n)]
+    m["loss DyT shallow"] = [shallow] * n
+    return m
+
+
+@pytest.mark.parametrize("kw, expect", [
+    (dict(b_growth=2.0, r_growth=10.0), "replicated"),  # ratio holds, DyT trains shallow, fails deep
+    (dict(b_growth=2.0, r_growth=10.0, shallow=3.0), "partially replicated"),  # control stalled: DyT excluded
+    (dict(b_growth=2.0, r_growth=10.0, dyt_loss=2.0), "partially replicated"),  # DyT as good as BHyT
+    (dict(b_growth=8.0, r_growth=10.0), "not replicated"),  # BHyT's growth above half of RMSNorm's
+    (dict(b_growth=2.0, r_growth=10.0, b_loss=None), "not replicated"),  # BHyT diverged
+    (dict(b_growth=2.0, r_growth=10.0, b_loss=3.2, r_loss=3.2), "inconclusive"),  # nobody beat the unigram
+])
+def test_c1_rule_known_answers(kw, expect):
+    from replib import judge
+    lrs = [1e-3, 3e-3]
+    rule = bx.c1_rule(lrs, unigram=3.0, dyt="DyT")
+    c = judge("C1", "x", paper="-", rule=rule, metrics=_c1_metrics(lrs, **kw))
+    assert c.verdict.value == expect, c.qualifiers
+
+
+@pytest.mark.parametrize("gap, expect", [
+    (-0.02, "replicated"), (0.02, "partially replicated"), (0.06, "not replicated"),
+])
+def test_c2_rule_known_answers(gap, expect):
+    from replib import judge
+    r = [2.0, 2.05, 1.98, 2.02, 2.01]
+    b = [x + gap + 0.002 * (-1) ** i for i, x in enumerate(r)]
+    c = judge("C2", "x", paper="-", rule=bx.c2_rule(unigram=3.0), metrics={"BHyT": b, "RMSNorm": r})
+    assert c.verdict.value == expect
+
+
+def test_c2_rule_refuses_the_old_replicated_on_a_one_sided_gap():
+    """The previous version: mean gap 0.0094 < 0.01, BHyT worse in every seed -> no longer replicated."""
+    from replib import judge
+    r = [2.9362633228302, 2.9516546726226807, 2.962646722793579]
+    b = [2.946213960647583, 2.9664297103881836, 2.966057062149048]
+    c = judge("C2", "x", paper="-", rule=bx.c2_rule(unigram=3.139), metrics={"BHyT": b, "RMSNorm": r})
+    assert c.verdict.value != "replicated"

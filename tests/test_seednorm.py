@@ -157,7 +157,7 @@ def test_only_dyt_gets_its_recipes_learnable_sqrt_d_embedding_scale():
     size = dict(n_layer=1, d_model=16, n_head=2, seq_len=8)
     for label in sn.VARIANTS:
         m = sn.gpt(label, **size)
-        if label == "DyT":
+        if label.startswith("DyT"):
             assert m.emb_scale is not None and m.emb_scale.requires_grad
             assert m.emb_scale.item() == pytest.approx(4.0)  # sqrt(16)
             idx = torch.randint(0, 256, (2, 8))
@@ -210,7 +210,7 @@ def test_lm_run_is_deterministic_and_every_variant_trains():
     for label in sn.VARIANTS:
         r = sn.lm_run(label, 0, data, **kw, keep_model=True)
         assert math.isfinite(r.final_val_bpb) and math.isfinite(sn.val_auc(r))
-        assert (r.model.emb_scale is not None) == (label == "DyT")  # the trained model has it too
+        assert (r.model.emb_scale is not None) == label.startswith("DyT")  # the trained model has it too
 
 
 def test_val_auc_trapezoid():
@@ -233,3 +233,71 @@ def test_step_times_returns_interleaved_timings():
                       batch_size=2, warmup=1, reps=3)
     assert set(t) == {"RMSNorm", "SeeDNorm"} and all(v.n == 3 and v.median > 0 for v in t.values())
     assert np.isfinite(list(__import__("replib").timing.ratios(t, "RMSNorm").values())).all()
+
+
+def test_lm_splits_val_and_test_are_disjoint_halves_of_the_held_out_bytes():
+    from replib.data import ByteTokenizer, book_corpus
+    text = book_corpus().text[:100_000]
+    sp = sn.lm_splits(text, seq_len=16, val_windows=8, test_windows=8)
+    tokens = ByteTokenizer().encode(text)
+    cut = int(len(tokens) * 0.9)
+    half = (len(tokens) - cut) // 2
+    assert torch.equal(sp.data.train, tokens[:cut])
+    assert torch.equal(sp.data.val_x[0], tokens[cut:cut + 16])
+    assert torch.equal(sp.test_x[0], tokens[cut + half:cut + half + 16])
+    assert sp.data.val_x.shape == sp.test_x.shape == (8, 16)
+
+
+def test_c1_point_returns_val_test_curve_and_nan_when_diverged():
+    from replib.data import book_corpus
+    sp = sn.lm_splits(book_corpus().text[:200_000], seq_len=16, val_windows=4, test_windows=4)
+    kw = dict(n_layer=1, d_model=16, n_head=2, batch_size=4, steps=4, log_every=2)
+    out = sn.c1_point("SeeDNorm", 1e-3, 0, sp, **kw)
+    assert math.isfinite(out["val"]) and math.isfinite(out["test"]) and out["val"] != out["test"]
+    assert out["curve"][-1] == out["val"] and out["steps"] == [2, 4]
+    bad = sn.c1_point("RMSNorm", 1e9, 0, sp, **{**kw, "steps": 30, "log_every": 10})
+    if not math.isfinite(bad["val"]):  # a diverged run is NaN everywhere, never raised
+        assert math.isnan(bad["test"]) and math.isnan(bad["auc"])
+
+
+def test_vit_splits_hold_out_validation_from_training_images():
+    split = load_tabular("digits", seed=0)
+    sel, jud = sn.vit_splits(split, val_fraction=0.2, seed=0)
+    n = split.x_train.shape[0]
+    assert sel.x_train.shape[0] + sel.x_test.shape[0] == n
+    assert torch.equal(sel.x_train, jud.x_train) and torch.equal(jud.x_test, split.x_test)
+    rows = {tuple(r.tolist()) for r in sel.x_train}
+    assert not any(tuple(r.tolist()) in rows for r in sel.x_test[:50])
+    out = sn.c2_point("SeeDNorm", 1e-3, 0, sel, jud, d_model=16, n_layer=1, n_head=2, batch_size=64,
+                      epochs=1, eval_every=5)
+    assert {"val", "test", "test_acc", "curve"} <= set(out) and 0 <= out["test_acc"] <= 100
+
+
+@pytest.mark.parametrize("dyt, expect, why", [
+    ([2.0, 2.1, 2.05, 2.2, 2.1], "replicated", "SeeDNorm − DyT"),  # DyT trained and is worse
+    ([3.0, 3.0, 3.0, 3.0, 3.0], "replicated", "DyT excluded"),  # DyT stalled at the reference: excluded
+    ([1.0, 1.1, 1.0, 1.05, 1.0], "not replicated", "SeeDNorm − DyT"),  # DyT beats SeeDNorm
+    ([None] * 5, "replicated", "diverged in every seed"),
+])
+def test_beats_rule_known_answers(dyt, expect, why):
+    from replib import Health, judge
+    rule = sn.beats_rule("SeeDNorm", "RMSNorm", "DyT", metric="loss", health=Health(reference=3.0, margin=0.05))
+    s = [1.5, 1.6, 1.55, 1.7, 1.6]
+    r = [x + 0.1 + 0.01 * i for i, x in enumerate(s)]
+    c = judge("C", "x", paper="-", rule=rule, metrics={"SeeDNorm": s, "RMSNorm": r, "DyT": dyt})
+    assert c.verdict.value == expect and why in c.qualifiers[0]
+
+
+def test_beats_rule_reversal_noise_and_gate():
+    from replib import Health, judge
+    rule = sn.beats_rule("SeeDNorm", "RMSNorm", "DyT", metric="loss", health=Health(reference=3.0, margin=0.05))
+    dyt = [2.5] * 3
+    rev = judge("C", "x", paper="-", rule=rule, metrics={"SeeDNorm": [1.6, 1.7, 1.65], "RMSNorm": [1.5, 1.6, 1.56],
+                                                         "DyT": dyt})
+    assert rev.verdict.value == "not replicated"
+    noise = judge("C", "x", paper="-", rule=rule, metrics={"SeeDNorm": [1.5, 1.7, 1.6], "RMSNorm": [1.6, 1.6, 1.6],
+                                                           "DyT": dyt})
+    assert noise.verdict.value == "inconclusive"
+    stalled = judge("C", "x", paper="-", rule=rule, metrics={"SeeDNorm": [1.5, 1.5, 1.5], "RMSNorm": [3.0, 1.9, 1.9],
+                                                             "DyT": dyt})
+    assert stalled.verdict.value == "inconclusive" and "health gate" in stalled.qualifiers[0]

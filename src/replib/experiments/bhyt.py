@@ -16,6 +16,10 @@ variants add one scalar):
 
 Training: AdamW (no weight decay), linear warm-up then cosine decay to 10 % of lr, gradient
 clipping at 1 (LLaMA-Factory's default). The seed fixes the initial weights and the batch order.
+
+:func:`sweep_point` is one point of the chapter's learning-rate sweep (validation loss to choose
+on, test loss to judge, the depth profile); :func:`c1_rule` and :func:`c2_rule` are the spec's rules
+on paired per-seed differences.
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
+import math
+
+from .. import claims as rc
 from .. import timing
 from ..data import lm_batches
 from ..nn import GPTConfig, TinyGPT
@@ -34,6 +41,7 @@ from ..nn.instrument import residual_stats
 from ..runtime import seed_everything, torch_threads
 from ..timing import Timing
 from ..train import History, lm_loss, train, warmup_cosine
+from .seednorm import LMSplits, lm_splits  # noqa: F401  (the val/test halves of the held-out bytes)
 
 VARIANTS: dict[str, dict] = {
     "RMSNorm": dict(norm="rmsnorm"),
@@ -189,3 +197,130 @@ def _efficiency(variants, seed, *, n_layer, d_model, n_head, seq_len, batch_size
         out[f"decode b{b}"] = timing.compare(fns, device, warmup=max(1, warmup // 2),
                                              reps=max(3, reps // 3))
     return out
+
+
+# ----------------------------------------------------------------------------- the sweep and rules
+def sweep_point(variant: str, lr: float, seed: int, splits: LMSplits, *, n_layer: int, d_model: int,
+                n_head: int, seq_len: int, batch_size: int, steps: int, warmup_frac: float,
+                eval_every: int, grad_clip: float | None, device="cpu", probe_windows: int = 16,
+                progress: bool = False) -> dict:
+    """One point of the learning-rate sweep: :func:`train_lm` on ``splits``' training bytes.
+
+    Returns ``val`` (final loss on the validation windows, nats/byte: chooses the lr), ``test``
+    (on the disjoint test windows: judged), the validation ``curve`` at ``steps``, the residual
+    stream's ``rms`` profile and ``growth`` on the first ``probe_windows`` validation windows, and
+    for BHyT the second-statistic ``approx``imation quality. A diverged run is NaN (never raised).
+    """
+    d = splits.data
+    run = train_lm(variant, seed, d.train, (d.val_x, d.val_y), n_layer=n_layer, d_model=d_model,
+                   n_head=n_head, seq_len=seq_len, batch_size=batch_size, steps=steps, lr=lr,
+                   warmup_frac=warmup_frac, eval_every=eval_every, grad_clip=grad_clip, device=device,
+                   progress=progress)
+    ok = not run.history.diverged
+    steps_, curve = run.history.eval_series("loss")
+    out = {"val": run.final_loss, "test": math.nan, "curve": list(curve), "steps": list(steps_),
+           "rms": None, "growth": math.nan, "approx": None}
+    if ok:
+        probe = d.val_x[:probe_windows]
+        with torch_threads(1 if torch.device(device).type == "cpu" else None):
+            out["test"] = lm_loss(run.model, splits.test_x, splits.test_y)
+            out["rms"] = rms_profile(run.model, probe)
+            out["growth"] = rms_growth(out["rms"])
+            if isinstance(run.model, BHyTGPT):
+                out["approx"] = approximation_quality(run.model, probe)
+    return out
+
+
+def c1_rule(lrs, *, unigram: float, margin: float = 0.05, dyt: str = "DyT",
+            shallow: str = "DyT shallow", gap: float = 0.05, confidence: float = 0.95) -> rc.Rule:
+    """The spec's C1 rule on paired per-seed values, per learning rate of the grid.
+
+    Metrics: ``growth {arm} lr={lr:g}`` (RMS(h_L)/RMS(h_1)) and ``loss {arm} lr={lr:g}`` (test loss)
+    for ``RMSNorm``, ``BHyT`` and ``dyt``; ``loss {shallow}`` (the shallow DyT control at its own
+    best lr). See the rule's text for the decision.
+    """
+    lrs = list(lrs)
+    text = (
+        f"Settings: every lr of the grid {lrs}. Health gate per setting: RMSNorm and BHyT enter the "
+        f"RMS-ratio comparison at an lr only if no seed diverged and every seed ends at least {margin:g} "
+        f"nats below the byte-unigram loss ({unigram:.4g}); no such lr: inconclusive. Not replicated if "
+        "any BHyT run diverges. Ratio part, at every gated lr, paired per-seed (Student-t "
+        f"{confidence:.0%}): BHyT's growth − 0.5 x RMSNorm's growth must lie wholly below 0; not "
+        "replicated if at some gated lr it lies wholly above 0 (BHyT's growth is more than half of "
+        "RMSNorm's) or BHyT − RMSNorm lies wholly above 0 (a larger ratio); inconclusive otherwise. DyT "
+        f"part (only once the ratio part holds): first a control, {dyt} in a shallow model with the "
+        f"same recipe and grid at its own best lr, must pass the same unigram gate in every seed, else "
+        f"the DyT part is excluded (a DyT that does not train at all says nothing about depth) and the "
+        f"verdict is partially replicated. Then DyT is fragile at depth if at some lr a deep {dyt} run "
+        f"diverged or {dyt} − BHyT (test loss) lies wholly above {gap:g} nats: replicated; if at every "
+        f"lr {dyt} − BHyT lies wholly below {gap:g} with no divergence: partially replicated (only the "
+        "ratio condition holds); otherwise partially replicated with the DyT part named inconclusive.")
+
+    def gate_ok(s: rc.Stat) -> bool:
+        return s.n_diverged == 0 and all(v <= unigram - margin for v in s.values)
+
+    def decide(m):
+        key = lambda kind, arm, lr: f"{kind} {arm} lr={lr:g}"  # noqa: E731
+        if any(m[key("loss", "BHyT", lr)].n_diverged for lr in lrs):
+            return rc.Verdict.NOT_REPLICATED, "a BHyT run diverged"
+        gated = [lr for lr in lrs if gate_ok(m[key("loss", "BHyT", lr)]) and gate_ok(m[key("loss", "RMSNorm", lr)])]
+        if not gated:
+            return rc.Verdict.INCONCLUSIVE, ("health gate failed: at no lr did RMSNorm and BHyT both end "
+                                            f"{margin:g} nats below the unigram loss in every seed")
+        notes, parts = [], []
+        for lr in gated:
+            b, r = m[key("growth", "BHyT", lr)], m[key("growth", "RMSNorm", lr)]
+            half = rc.paired(b, [0.5 * v for v in r.values], names=("BHyT growth", "0.5 x RMSNorm growth"),
+                             confidence=confidence)
+            larger = rc.paired(b, r, names=("BHyT growth", "RMSNorm growth"), confidence=confidence)
+            v_half = rc.decide_side(half, claimed="below")
+            if larger.interval[0] > 0:
+                v_half = rc.Verdict.NOT_REPLICATED
+            parts.append(v_half)
+            notes.append(f"lr {lr:g}: {half:.3g}")
+        skipped = [lr for lr in lrs if lr not in gated]
+        if skipped:
+            notes.append(f"lrs {skipped} left out of the ratio part (RMSNorm or BHyT failed the gate)")
+        if rc.Verdict.NOT_REPLICATED in parts:
+            return rc.Verdict.NOT_REPLICATED, "; ".join(notes)
+        if rc.Verdict.INCONCLUSIVE in parts:
+            return rc.Verdict.INCONCLUSIVE, "; ".join(notes)
+        ctrl = m[f"loss {shallow}"]
+        if not gate_ok(ctrl):
+            notes.append(f"DyT part excluded: the shallow control ({shallow}) did not end {margin:g} nats "
+                         f"below the unigram loss in every seed ({ctrl:.4g})")
+            return rc.Verdict.PARTIAL, "; ".join(notes)
+        fragile, solid = False, True
+        for lr in lrs:
+            d_ = m[key("loss", dyt, lr)]
+            p = rc.paired(d_, m[key("loss", "BHyT", lr)], names=(dyt, "BHyT"), confidence=confidence)
+            lo, hi = p.interval
+            fragile |= d_.n_diverged > 0 or lo > gap
+            solid &= d_.n_diverged == 0 and hi < gap
+            notes.append(f"lr {lr:g}: {p:.3g}" + (f" ({d_.n_diverged} {dyt} seeds diverged)" if d_.n_diverged else ""))
+        if fragile:
+            return rc.Verdict.REPLICATED, "; ".join(notes)
+        notes.append("DyT part: " + ("DyT within the gap at every lr" if solid else "inconclusive"))
+        return rc.Verdict.PARTIAL, "; ".join(notes)
+
+    return rc.Rule(text, decide)
+
+
+def c2_rule(*, unigram: float, margin: float = 0.05, tol: float = 0.01, partial_tol: float = 0.03,
+            confidence: float = 0.95) -> rc.Rule:
+    """The spec's C2 rule (BHyT no worse than RMSNorm + ``tol``; partially within ``partial_tol``)
+    on the paired per-seed difference of test losses, each arm at its own best lr."""
+    text = (f"Claim: BHyT's test loss is no worse than RMSNorm's + {tol:g} nats/byte (the spec; partially "
+            f"within + {partial_tol:g}), each arm at its own best lr. Paired per-seed difference BHyT − "
+            f"RMSNorm with a {confidence:.0%} Student-t interval: replicated if the interval lies below "
+            f"+{tol:g}; partially replicated if it lies below +{partial_tol:g}; not replicated if it lies "
+            f"wholly at or above +{partial_tol:g}; inconclusive otherwise.")
+
+    def decide(m):
+        p = rc.paired(m["BHyT"], m["RMSNorm"], names=("BHyT", "RMSNorm"), confidence=confidence)
+        lo, hi = p.interval
+        v = (rc.Verdict.REPLICATED if hi < tol else rc.Verdict.PARTIAL if hi < partial_tol else
+             rc.Verdict.NOT_REPLICATED if lo >= partial_tol else rc.Verdict.INCONCLUSIVE)
+        return v, f"{p:.4f}"
+
+    return rc.Rule(text, decide, rc.Health(reference=unigram, margin=margin), ("BHyT", "RMSNorm"))

@@ -11,6 +11,13 @@ r"""Chapter 04 (SeeDNorm, Cai et al. 2025, arXiv 2510.22777): the runners behind
 - :func:`step_times`: fair, interleaved timing of one TinyGPT training step per variant
   (:func:`replib.timing.compare`) on the same batch, and :func:`norm_param_delta`.
 
+- :func:`lm_splits` and :func:`c1_point`: the held-out bytes cut into a validation half (learning-rate
+  selection, the curve) and a test half (the judged number), and one point of C1's learning-rate
+  sweep; :func:`vit_splits` and :func:`c2_point` the same for the ViT (a validation split of the
+  training images selects, the test split judges).
+- :func:`beats_rule`: the spec's C1/C2 rule on paired per-seed differences, with DyT excluded
+  (reason shown) when it never beats the trivial reference.
+
 The variants (``VARIANTS``) map a label to a registry norm and its keyword arguments;
 ``LM_MODEL_KWARGS`` holds what a variant's own recipe changes in the language model outside the
 norms (DyT's learnable :math:`\sqrt{d}` embedding scale).
@@ -25,13 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import claims as rc
 from .. import timing
-from ..data import minibatches
+from ..data import ByteTokenizer, lm_eval_windows, minibatches, split_tokens
 from ..data.tabular import Split
 from ..nn import GPTConfig, TinyGPT
 from ..nn.vit import TinyViT
 from ..runtime import seed_everything, torch_threads
-from ..train import adamw, train, warmup_cosine
+from ..train import adamw, lm_loss, train, warmup_cosine
 from .placement import LMData, PlacementRun, run_placement
 
 MH_HEADS = 4  # heads of the multi-head SeeDNorm variant
@@ -39,7 +47,8 @@ MH_HEADS = 4  # heads of the multi-head SeeDNorm variant
 VARIANTS: dict[str, tuple[str, dict]] = {
     "RMSNorm": ("rmsnorm", {"eps": 1e-6}),
     "LayerNorm": ("layernorm", {}),
-    "DyT": ("dyt", {}),
+    "DyT": ("dyt", {}),  # alpha0 = 0.5, the DyT code's default
+    "DyT a0=1.0": ("dyt", {"alpha0": 1.0}),  # the DyT LLaMA training config's default
     "SeeDNorm": ("seednorm", {}),
     "SeeDNorm-MH": ("seednorm", {"heads": MH_HEADS}),
 }
@@ -49,7 +58,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 #: embeddings by a learnable scalar initialised to :math:`\sqrt{d}` (``shared_scale``), so that its
 #: statistics-free first norm sees inputs of a useful size; every other variant keeps TinyGPT's
 #: plain embeddings. The ViT has no such element.
-LM_MODEL_KWARGS: dict[str, dict] = {"DyT": {"embed_scale": True}}
+LM_MODEL_KWARGS: dict[str, dict] = {"DyT": {"embed_scale": True}, "DyT a0=1.0": {"embed_scale": True}}
 
 
 def variant(label: str) -> tuple[str, dict]:
@@ -93,6 +102,88 @@ def val_auc(run: PlacementRun) -> float:
     return float(np.sum((v[1:] + v[:-1]) / 2 * np.diff(s)) / (s[-1] - s[0])) if len(s) > 1 else float(v[0])
 
 
+@dataclass
+class LMSplits:
+    """C1's data: the training stream and fixed validation windows (``data``, what
+    :func:`~replib.experiments.placement.run_placement` logs its curve on and what selects the
+    learning rate), and test windows from a disjoint part of the held-out bytes (what is judged)."""
+
+    data: LMData
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def lm_splits(text: str, seq_len: int, val_windows: int, test_windows: int, probe_windows: int = 8,
+              held_out: float = 0.1, device: torch.device | str = "cpu") -> LMSplits:
+    """Byte-tokenise ``text``; the last ``held_out`` fraction is cut in two halves: validation
+    windows from the first half, test windows from the second (no byte is in both)."""
+    tokens = ByteTokenizer().encode(text)
+    train_tok, rest = split_tokens(tokens, held_out)
+    val_tok, test_tok = rest[: len(rest) // 2], rest[len(rest) // 2:]
+    vx, vy = lm_eval_windows(val_tok, seq_len, val_windows, device)
+    tx, ty = lm_eval_windows(test_tok, seq_len, test_windows, device)
+    return LMSplits(LMData(train_tok, vx, vy, vx[:probe_windows], seq_len), tx, ty)
+
+
+def c1_point(label: str, lr: float, seed: int, splits: LMSplits, **size) -> dict:
+    """One point of C1's learning-rate sweep: :func:`lm_run` of ``label`` at ``lr`` and ``seed``;
+    returns the final validation loss (``val``, nats/byte, selects), the test loss (``test``,
+    judged), the validation curve (``curve``, nats/byte at ``steps``) and its area (``auc``).
+    A diverged run returns NaN for every number (it does not raise)."""
+    run = lm_run(label, seed, splits.data, lr=lr, keep_model=True, **size)
+    out = {"val": run.final_val_loss, "test": math.nan, "auc": val_auc(run),
+           "curve": list(run.val_loss), "steps": list(run.log_steps)}
+    if not run.nan:
+        run.model.eval()
+        out["test"] = lm_loss(run.model, splits.test_x, splits.test_y)
+    return out
+
+
+def beats_rule(method: str, base: str, other: str, *, metric: str, health: rc.Health,
+               confidence: float = 0.95) -> rc.Rule:
+    """The spec's C1/C2 rule on paired per-seed differences: ``method`` beats ``base`` and is no
+    worse than ``other`` (DyT).
+
+    Health gates (``method`` and ``base``) first. Then ``method − base`` with a Student-t interval:
+    wholly below 0 is needed, wholly at or above 0 is ``not replicated``, otherwise
+    ``inconclusive`` (the spec's "partially: lower but within the seed noise" is what the interval
+    calls inconclusive, so the tier is not used). Then ``other``: if it diverged in every seed the
+    spec counts the part as held; if any seed failed the health gate it is **excluded** (a
+    baseline that never trained cannot decide a comparison; the reason is named) and the claim is
+    decided on ``base`` alone; otherwise ``method − other`` must lie wholly below 0 (wholly above:
+    ``not replicated``; straddling: ``inconclusive``).
+    """
+    text = (f"Claim: {method}'s {metric} is lower than {base}'s and not higher than {other}'s. "
+            f"Paired per-seed differences with {confidence:.0%} Student-t intervals: replicated if "
+            f"{method} − {base} lies wholly below 0 and {method} − {other} lies wholly below 0 (or "
+            f"{other} diverged in every seed); not replicated if either interval lies wholly at or "
+            f"above 0; inconclusive otherwise. {other} is excluded from the claim (reason shown) if "
+            f"any of its seeds fails the health gate below; the claim is then decided on {base} "
+            f"alone. The spec's partial tier (lower but within the seed noise) is what the interval "
+            "calls inconclusive.")
+
+    def decide(m):
+        a = rc.paired(m[method], m[base], names=(method, base), confidence=confidence)
+        va = rc.decide_side(a, claimed="below")
+        d = m[other]
+        if d.n_diverged == d.n:
+            vb, why_b = rc.Verdict.REPLICATED, f"{other} diverged in every seed (the spec counts it as beaten)"
+        elif (fails := health.failures(m, [other])):
+            vb, why_b = None, f"{other} excluded from the claim: " + "; ".join(fails)
+        else:
+            b = rc.paired(m[method], d, names=(method, other), confidence=confidence)
+            vb, why_b = rc.decide_side(b, claimed="below"), f"{b}"
+        why = f"{a}; {why_b}"
+        parts = [va] + ([vb] if vb is not None else [])
+        if rc.Verdict.NOT_REPLICATED in parts:
+            return rc.Verdict.NOT_REPLICATED, why
+        if rc.Verdict.INCONCLUSIVE in parts:
+            return rc.Verdict.INCONCLUSIVE, why
+        return rc.Verdict.REPLICATED, why
+
+    return rc.Rule(text, decide, health, (method, base))
+
+
 # ----------------------------------------------------------------------------- vision
 @dataclass
 class ViTRun:
@@ -105,6 +196,7 @@ class ViTRun:
     loss: list[float] = field(default_factory=list)  # training loss every step
     diverged_at: int | None = None
     seconds: float = 0.0
+    model: nn.Module | None = field(default=None, repr=False)  # the trained model (keep_model=True)
 
     @property
     def final_test_loss(self) -> float:
@@ -118,10 +210,12 @@ class ViTRun:
 def vit_run(label: str, seed: int, split: Split, *, d_model: int, n_layer: int, n_head: int,
             batch_size: int, epochs: int, eval_every: int, lr: float = 1e-3,
             weight_decay: float = 0.1, grad_clip: float | None = 1.0,
-            device: torch.device | str = "cpu", threads: int | None = 1) -> ViTRun:
+            device: torch.device | str = "cpu", threads: int | None = 1,
+            keep_model: bool = False) -> ViTRun:
     """Train a :class:`TinyViT` with norm variant ``label`` on ``split`` (8x8 digits) for
-    ``epochs`` epochs of ``batch_size`` (AdamW, 5 % warm-up then cosine); test loss and accuracy
-    every ``eval_every`` steps and at the end."""
+    ``epochs`` epochs of ``batch_size`` (AdamW, 5 % warm-up then cosine); loss and accuracy on
+    ``split``'s held-out part (``x_test``; a validation split in C2's sweep, see
+    :func:`vit_splits`) every ``eval_every`` steps and at the end."""
     with torch_threads(threads if torch.device(device).type == "cpu" else None):
         gen = seed_everything(seed)
         name, kwargs = variant(label)
@@ -145,7 +239,41 @@ def vit_run(label: str, seed: int, split: Split, *, d_model: int, n_layer: int, 
     run.eval_steps, run.test_loss = hist.eval_series("loss")
     run.test_acc = hist.eval_series("acc")[1]
     run.loss, run.diverged_at, run.seconds = hist.loss, hist.diverged_at, hist.seconds
+    if keep_model:
+        run.model = model.eval()
     return run
+
+
+def vit_splits(split: Split, val_fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split]:
+    """``(select, judge)``: ``select`` trains on the training images minus a stratified
+    ``val_fraction`` and holds that validation part out (its ``x_test``); ``judge`` is ``split``
+    with the same reduced training set and the untouched test images."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(split.x_train.shape[0])
+    tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed,
+                              stratify=split.y_train.cpu().numpy())
+    tr, va = torch.as_tensor(np.sort(tr)), torch.as_tensor(np.sort(va))
+    xt, yt = split.x_train[tr], split.y_train[tr]
+    select = Split(split.name + "-val", xt, yt, split.x_train[va], split.y_train[va], split.n_classes)
+    judge = Split(split.name, xt, yt, split.x_test, split.y_test, split.n_classes)
+    return select, judge
+
+
+def c2_point(label: str, lr: float, seed: int, select: Split, judge: Split, **size) -> dict:
+    """One point of C2's learning-rate sweep: train on ``select``'s training images, return the
+    validation loss (``val``, selects), the test loss and accuracy (``test``, ``test_acc`` in %,
+    judged; ``judge`` must share ``select``'s training images) and the validation curve."""
+    run = vit_run(label, seed, select, lr=lr, keep_model=True, **size)
+    out = {"val": run.final_test_loss, "val_acc": 100 * run.final_test_acc, "test": math.nan,
+           "test_acc": math.nan, "curve": list(run.test_loss), "steps": list(run.eval_steps)}
+    if run.diverged_at is None:
+        dev = next(run.model.parameters()).device
+        with torch.no_grad():
+            logits = run.model(judge.x_test.to(dev))
+            out["test"] = F.cross_entropy(logits, judge.y_test.to(dev)).item()
+            out["test_acc"] = 100 * (logits.argmax(-1) == judge.y_test.to(dev)).float().mean().item()
+    return out
 
 
 # ----------------------------------------------------------------------------- gradient scaling
@@ -205,6 +333,7 @@ def step_times(labels, seed: int, *, n_layer: int, d_model: int, n_head: int, se
         return timing.compare(fns, device, warmup=warmup, reps=reps)
 
 
-__all__ = ["LM_MODEL_KWARGS", "MH_HEADS", "VARIANTS", "ViTRun", "gpt", "jacobian_scaling",
-           "lm_model_kwargs", "lm_run", "loglog_slope", "norm_param_delta", "step_times", "val_auc",
-           "variant", "vit_run"]
+__all__ = ["LMSplits", "LM_MODEL_KWARGS", "MH_HEADS", "VARIANTS", "ViTRun", "beats_rule", "c1_point",
+           "c2_point", "gpt", "jacobian_scaling", "lm_model_kwargs", "lm_run", "lm_splits",
+           "loglog_slope", "norm_param_delta", "step_times", "val_auc", "variant", "vit_run",
+           "vit_splits"]
