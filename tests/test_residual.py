@@ -206,3 +206,60 @@ def test_growth_profile_and_the_explorer_widget(monkeypatch):
     assert [c.description for c in ui.children[:3]] == ["depth n", "scaling", "Pre-LN"]
     ui.children[1].value = "1/n"  # changing a control re-runs the plot without error
     assert ui.kwargs["scaling"] == "1/n"
+
+
+def _stat(v):
+    from replib.claims import Stat
+    return Stat.of(v)
+
+
+def _c3b(one, sqrt, inv, bn):
+    return {f"test acc, lambda=1, n=32": _stat(one), f"test acc, lambda=1/sqrt(n), n=32": _stat(sqrt),
+            f"test acc, lambda=1/n, n=32": _stat(inv), f"test acc, BN in branch, n=32": _stat(bn)}
+
+
+def test_c3b_rule_on_known_answers():
+    from replib.claims import Verdict as V
+
+    nan = float("nan")
+    bn = [0.97, 0.96, 0.975, 0.965, 0.97]
+    close = [0.965, 0.962, 0.97, 0.96, 0.968]
+    lagging = [0.90, 0.91, 0.905, 0.895, 0.90]
+    dec = lambda m: R.c3b_decide(m, [32], chance=0.1)[0]  # noqa: E731
+    assert dec(_c3b([nan] * 5, close, lagging, bn)) is V.REPLICATED  # lambda=1 diverges, 1/sqrt(n) close to BN
+    assert dec(_c3b([0.5, 0.55, 0.52, 0.5, 0.51], close, close, bn)) is V.REPLICATED  # or is far behind
+    assert dec(_c3b([nan] * 5, lagging, lagging, bn)) is V.PARTIAL  # the spec's tier: scaled nets lag BN
+    assert dec(_c3b([nan] * 5, close, [nan] + lagging[1:], bn)) is V.NOT_REPLICATED  # 1/n diverged
+    assert dec(_c3b([nan] * 5, close, [0.1] * 5, bn)) is V.NOT_REPLICATED  # 1/n at chance: did not train
+    assert dec(_c3b(close, close, close, bn)) is V.NOT_REPLICATED  # lambda=1 trains as well as BN
+    noisy = [0.99, 0.93, 0.99, 0.92, 0.97]
+    assert dec(_c3b([nan] * 5, noisy, close, bn)) is V.INCONCLUSIVE
+
+
+def test_c4_rule_on_known_answers():
+    from replib.claims import Verdict as V
+
+    nan = float("nan")
+
+    def m(one, sqrt, inv):
+        return {"jacobian, lambda=1, n=8": _stat(one), "jacobian, lambda=1/sqrt(n), n=8": _stat(sqrt),
+                "jacobian, lambda=1/n, n=8": _stat(inv)}
+
+    big, mid, small = [40.0, 42, 39, 41], [25.0, 27, 24, 26], [12.0, 12.5, 11.8, 12.1]
+    assert R.c4_decide(m(big, mid, small), [8])[0] is V.REPLICATED
+    assert R.c4_decide(m(small, mid, big), [8])[0] is V.NOT_REPLICATED
+    assert R.c4_decide(m([nan] * 4, mid, small), [8])[0] is V.INCONCLUSIVE  # lambda=1 never trained
+    assert R.c4_decide(m([nan] * 4, small, mid), [8])[0] is V.NOT_REPLICATED  # the scaled step reversed
+
+
+def test_train_residual_reports_validation_and_test_apart():
+    from replib.experiments.tabular import holdout
+
+    fit, final = holdout("iris", seed=0)
+    r = R.train_residual(fit, R.TRAIN_ARMS["lambda=1/n"], 2, 0, final=final, width=8, epochs=2,
+                         batch_size=32, lr=0.05, warmup_epochs=1)
+    assert set(r) >= {"val", "val_loss", "test", "train_acc", "jac", "diverged", "curve"}
+    assert r["diverged"] == 0.0 and 0 <= r["val"] <= 1 and 0 <= r["test"] <= 1 and len(r["curve"]) == 2
+    gone = R.train_residual(fit, R.TRAIN_ARMS["lambda=1"], 2, 0, final=final, width=8, epochs=2,
+                            batch_size=32, lr=1e30, warmup_epochs=1)
+    assert gone["diverged"] == 1.0 and math.isnan(gone["val"]) and math.isnan(gone["test"])

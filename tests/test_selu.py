@@ -194,3 +194,72 @@ def test_cv_splits_and_ranks():
     r = average_ranks({"a": {"d1": 0.9, "d2": 0.5}, "b": {"d1": 0.9, "d2": 0.7},
                        "c": {"d1": 0.8, "d2": float("nan")}})
     assert r == {"a": 1.5 * 0.5 + 2 * 0.5, "b": 1.5 * 0.5 + 0.5, "c": 3.0}
+
+
+def test_holdout_splits_validation_off_the_training_part():
+    from replib.experiments.tabular import holdout, majority_rate
+
+    fit, final = holdout("iris", seed=3)
+    n_tr, n_va, n_te = len(fit.y_train), len(fit.y_test), len(final.y_test)
+    assert n_tr + n_va + n_te == 150 and n_te == 30 and n_va == 24
+    assert fit.x_train is final.x_train  # one training part, two held-out parts
+    assert torch.allclose(fit.x_train.mean(0), torch.zeros(4), atol=1e-5)
+    assert torch.bincount(final.y_test).tolist() == [10, 10, 10]  # stratified
+    assert not torch.equal(holdout("iris", seed=4)[1].x_test, final.x_test)
+    assert majority_rate("iris") == pytest.approx(1 / 3)
+
+
+def test_best_config_selects_on_validation_and_prefers_the_shallower():
+    from replib.experiments.tabular import best_config, holdout
+
+    fit, final = holdout("iris", seed=0)
+    make = lambda c: (lambda n_in, n_out: MLP(n_in, 16, c[0], n_out, activation="selu", init="lecun"))  # noqa: E731
+    r = best_config(make, [(2, 0.0), (3, 0.0)], fit, final, 0, steps=20, batch_size=32, lr=0.1)
+    assert r["depth"] in (2.0, 3.0) and len(r["val_by_config"]) == 2
+    i = [2.0, 3.0].index(r["depth"])
+    assert r["val"] == max(r["val_by_config"]) == r["val_by_config"][i]
+    if r["val_by_config"][0] == r["val_by_config"][1]:
+        assert r["depth"] == 2.0
+    gone = best_config(make, [(2, 0.0)], fit, final, 0, steps=5, batch_size=32, lr=1e30)
+    assert math.isnan(gone["val"]) and math.isnan(gone["depth"])  # diverged: nan, no exception
+
+
+def test_part_combiners_and_the_c2_rule_on_known_answers():
+    from replib.claims import Stat, Verdict as V
+    from replib.experiments import selu_map as sm
+
+    R_, N_, I_ = V.REPLICATED, V.NOT_REPLICATED, V.INCONCLUSIVE
+    assert sm.all_hold([R_, R_]) is R_ and sm.all_hold([R_, I_]) is I_ and sm.all_hold([I_, N_]) is N_
+    assert sm.at_least([R_, R_, N_], 2) is R_ and sm.at_least([N_, N_, R_], 2) is N_
+    assert sm.at_least([R_, I_, N_], 2) is I_
+    assert sm.two_part_tiers(R_, R_) is R_ and sm.two_part_tiers(N_, N_) is N_
+    assert sm.two_part_tiers(R_, N_) is V.PARTIAL and sm.two_part_tiers(N_, R_) is V.PARTIAL
+    assert sm.two_part_tiers(R_, I_) is I_
+
+    def metrics(loss_gap, rough_gap, noise=0.0):
+        m = {}
+        for d in (8, 16):
+            base = np.array([1.0, 1.1, 0.9, 1.05, 0.95])
+            jit = noise * np.array([1, -1, 1, -1, 0.5])
+            m[f"train loss, ReLU+BN, d={d}"] = Stat.of(base)
+            m[f"train loss, SELU, d={d}"] = Stat.of(base + loss_gap + jit)
+            m[f"roughness, ReLU+BN, d={d}"] = Stat.of(base / 10)
+            m[f"roughness, SELU, d={d}"] = Stat.of(base / 10 + rough_gap + jit / 10)
+        return m
+
+    assert sm.c2_decide(metrics(-0.5, -0.05), [8, 16])[0] is R_  # SELU lower loss and smoother
+    assert sm.c2_decide(metrics(+0.5, +0.05), [8, 16])[0] is N_  # a reversal
+    assert sm.c2_decide(metrics(-0.5, +0.05), [8, 16])[0] is V.PARTIAL  # only the loss part
+    assert sm.c2_decide(metrics(0.0, 0.0, noise=0.3), [8, 16])[0] is I_  # noise
+
+
+def test_versus_all_needs_every_rival_beaten():
+    from replib.claims import Stat, Verdict as V
+    from replib.experiments.selu_map import versus_all
+
+    m = {"rank, A": Stat.of([1.0, 1.2, 1.1]), "rank, B": Stat.of([2.0, 2.5, 2.2]),
+         "rank, C": Stat.of([3.0, 2.9, 3.1]), "rank, D": Stat.of([0.5, 0.6, 0.4])}
+    assert versus_all(m, "rank", "A", ["B", "C"], claimed="below")[0] is V.REPLICATED
+    assert versus_all(m, "rank", "A", ["B", "D"], claimed="below")[0] is V.NOT_REPLICATED
+    m["rank, E"] = Stat.of([0.2, 2.0, 1.0])
+    assert versus_all(m, "rank", "A", ["B", "E"], claimed="below")[0] is V.INCONCLUSIVE

@@ -1,18 +1,21 @@
-"""Runners for MLP classifiers on scikit-learn's tabular data: one training run, k-fold CV, ranks.
+"""Runners for MLP classifiers on scikit-learn's tabular data: train/validation/test splits, one
+training run, selection on validation, k-fold CV, ranks; and helpers that combine per-part
+paired-interval verdicts into one claim.
 
 Reusable by any chapter that trains a fully-connected classifier on a :class:`replib.data.Split`
-(first used by chapter 16, self-normalizing networks).
+(first used by chapter 16, self-normalizing networks; chapter 23 uses it too).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from ..claims import Verdict
 from ..data import Split, minibatches
 from ..data.tabular import load_arrays
 from ..runtime import seed_everything
@@ -53,6 +56,84 @@ def train_classifier(make_model: ModelFn, split: Split, seed: int, *, steps: int
     hist = train(model, opt, minibatches(split.x_train, split.y_train, bs, gen), _ce, steps,
                  progress=progress, desc=desc)
     return model, hist
+
+
+def holdout(name: str, seed: int = 0, *, test_size: float = 0.2, val_size: float = 0.2,
+            dtype: torch.dtype = torch.float32) -> tuple[Split, Split]:
+    """A stratified train / validation / test split of a bundled data set, drawn with ``seed``.
+
+    The test part (``test_size`` of the data) is held out first; the validation part
+    (``val_size`` of the rest) is split off the training part. Features are standardised with the
+    training part's statistics (constant features left at zero). Returns two :class:`Split` that
+    share the training tensors: ``fit`` (its ``x_test`` is the validation part, for choosing
+    hyper-parameters) and ``final`` (its ``x_test`` is the test part, for judging).
+    """
+    x, y = load_arrays(name)
+    xr, xte, yr, yte = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
+    xtr, xva, ytr, yva = train_test_split(xr, yr, test_size=val_size, random_state=seed, stratify=yr)
+    mu, sd = xtr.mean(0), xtr.std(0)
+    sd[sd == 0] = 1.0
+    t = lambda a, dt: torch.as_tensor(a, dtype=dt)  # noqa: E731
+    xtr_t, ytr_t = t((xtr - mu) / sd, dtype), t(ytr, torch.long)
+    k = int(y.max()) + 1
+    return (Split(name, xtr_t, ytr_t, t((xva - mu) / sd, dtype), t(yva, torch.long), k),
+            Split(name, xtr_t, ytr_t, t((xte - mu) / sd, dtype), t(yte, torch.long), k))
+
+
+def majority_rate(name: str) -> float:
+    """The accuracy of always predicting the most frequent class (the trivial classifier)."""
+    _, y = load_arrays(name)
+    return float(np.bincount(y).max() / len(y))
+
+
+@torch.no_grad()
+def loss_and_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in eval mode (dropout off, BatchNorm on running statistics)."""
+    was = model.training
+    model.eval()
+    logits = model(x)
+    out = float(F.cross_entropy(logits, y)), float((logits.argmax(-1) == y).float().mean())
+    model.train(was)
+    return out
+
+
+def train_eval(make_model: ModelFn, fit: Split, final: Split, seed: int, *, steps: int,
+               batch_size: int, lr: float, momentum: float = 0.0,
+               device: torch.device | str = "cpu") -> dict:
+    """Train on ``fit``'s training part, then measure the validation part (``fit.x_test``) and the
+    test part (``final.x_test``): ``val_loss``, ``val_acc``, ``test_acc`` (``nan`` for a diverged
+    run, never an exception) and the run's ``history``."""
+    model, hist = train_classifier(make_model, fit, seed, steps=steps, batch_size=batch_size, lr=lr,
+                                   momentum=momentum, device=device)
+    if hist.diverged:
+        return dict(val_loss=math.nan, val_acc=math.nan, test_acc=math.nan, history=hist)
+    v, f = fit.to(device), final.to(device)
+    val_loss, val_acc = loss_and_accuracy(model, v.x_test, v.y_test)
+    if not math.isfinite(val_loss):
+        return dict(val_loss=math.nan, val_acc=math.nan, test_acc=math.nan, history=hist)
+    return dict(val_loss=val_loss, val_acc=val_acc, test_acc=accuracy(model, f.x_test, f.y_test),
+                history=hist)
+
+
+def best_config(make_model: Callable[[tuple], ModelFn], configs: Sequence[tuple], fit: Split,
+                final: Split, seed: int, *, steps: int, batch_size: int, lr: float,
+                device: torch.device | str = "cpu") -> dict:
+    """Train ``make_model(config)`` for every configuration ``(depth, ...)`` and keep the one with
+    the best validation accuracy (ties go to the shallower network; a diverged one is not eligible).
+
+    Returns ``val`` / ``test`` accuracy and ``depth`` of the chosen network (``nan`` when every
+    configuration diverged) and the per-configuration ``val_by_config`` / ``test_by_config``.
+    """
+    runs = [train_eval(make_model(c), fit, final, seed, steps=steps, batch_size=batch_size, lr=lr,
+                       device=device) for c in configs]
+    vals = [r["val_acc"] for r in runs]
+    ok = [(v, -c[0], -i) for i, (v, c) in enumerate(zip(vals, configs)) if math.isfinite(v)]
+    best = -max(ok)[2] if ok else None
+    if best is None:
+        return dict(val=math.nan, test=math.nan, depth=math.nan, val_by_config=vals,
+                    test_by_config=[r["test_acc"] for r in runs])
+    return dict(val=runs[best]["val_acc"], test=runs[best]["test_acc"], depth=float(configs[best][0]),
+                val_by_config=vals, test_by_config=[r["test_acc"] for r in runs])
 
 
 def cv_splits(name: str, n_folds: int = 5, seed: int = 0,
@@ -111,3 +192,34 @@ def average_ranks(scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]
             ties = np.sum(vals == vals[i])  # includes itself
             ranks[m].append(better + (ties + 1) / 2)
     return {m: float(np.mean(r)) for m, r in ranks.items()}
+
+
+# ---- combining per-part decisions (each part a paired-interval verdict) into one claim -----------
+# (candidates for replib.claims; kept here, in the experiments layer, until they move there)
+
+def all_hold(parts: Sequence[Verdict]) -> Verdict:
+    """Every part must hold: replicated if all are, not replicated if one is refuted, else inconclusive."""
+    if all(v is Verdict.REPLICATED for v in parts):
+        return Verdict.REPLICATED
+    return Verdict.NOT_REPLICATED if Verdict.NOT_REPLICATED in parts else Verdict.INCONCLUSIVE
+
+
+def at_least(parts: Sequence[Verdict], k: int) -> Verdict:
+    """At least ``k`` parts must hold: replicated once ``k`` are, not replicated once more than
+    ``len(parts) - k`` are refuted (``k`` can no longer be reached), inconclusive otherwise."""
+    if sum(v is Verdict.REPLICATED for v in parts) >= k:
+        return Verdict.REPLICATED
+    if sum(v is Verdict.NOT_REPLICATED for v in parts) > len(parts) - k:
+        return Verdict.NOT_REPLICATED
+    return Verdict.INCONCLUSIVE
+
+
+def two_part_tiers(first: Verdict, second: Verdict) -> Verdict:
+    """The spec's three tiers for a two-part claim: both hold -> replicated; exactly one holds and
+    the other is refuted -> partially; both refuted -> not replicated; any part undecided ->
+    inconclusive."""
+    if first is second and first in (Verdict.REPLICATED, Verdict.NOT_REPLICATED):
+        return first
+    if {first, second} == {Verdict.REPLICATED, Verdict.NOT_REPLICATED}:
+        return Verdict.PARTIAL
+    return Verdict.INCONCLUSIVE
