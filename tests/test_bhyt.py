@@ -446,3 +446,8 @@ def test_c2_rule_refuses_the_old_replicated_on_a_one_sided_gap():
     b = [2.946213960647583, 2.9664297103881836, 2.966057062149048]
     c = judge("C2", "x", paper="-", rule=bx.c2_rule(unigram=3.139), metrics={"BHyT": b, "RMSNorm": r})
     assert c.verdict.value != "replicated"
+
+
+def test_sweep_point_keeps_the_record_strict_json():
+    assert bx._finite_or_none({"a": [1.0, float("inf")], "b": float("nan"), "c": 2.0}) == \
+        {"a": [1.0, None], "b": None, "c": 2.0}

@@ -227,8 +227,14 @@ def sweep_point(variant: str, lr: float, seed: int, splits: LMSplits, *, n_layer
             out["rms"] = rms_profile(run.model, probe)
             out["growth"] = rms_growth(out["rms"])
             if isinstance(run.model, BHyTGPT):
-                out["approx"] = approximation_quality(run.model, probe)
+                out["approx"] = _finite_or_none(approximation_quality(run.model, probe))
     return out
+
+
+def _finite_or_none(d: dict) -> dict:
+    """Non-finite numbers (in values or lists) as None, so the results record stays strict JSON."""
+    fix = lambda v: v if math.isfinite(v) else None  # noqa: E731
+    return {k: [fix(x) for x in v] if isinstance(v, list) else fix(v) for k, v in d.items()}
 
 
 def c1_rule(lrs, *, unigram: float, margin: float = 0.05, dyt: str = "DyT",
