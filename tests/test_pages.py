@@ -4,6 +4,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from replib import Experiment, ReplibError, Rule, graded, judge
 from replib.book import pages
@@ -69,7 +70,8 @@ def test_header_shows_the_run_and_other_scales_verdicts(book):
     cpu = json.loads((results / "cpu" / "01-alpha.json").read_text())
     gpu = json.loads((results / "gpu" / "01-alpha.json").read_text())
     text = pages.header_markdown(chapters[0], "cpu", {"scale": "cpu"}, cpu, None, {"gpu": gpu})
-    assert "scale cpu" in text and "seeds 0" in text and "wall time" in text and "replib" in text
+    assert "scale cpu" in text and "1 seed (0)" in text and "wall time" in text and "replib" in text
+    assert "seeds 0" not in text
     assert "<th>gpu</th><th>cpu (this page)</th>" in text
     assert text.count("not replicated") == 1 and text.count(">replicated<") == 1
     failed = pages.header_markdown(chapters[2], "smoke", {"device": "cpu"}, None,
@@ -124,3 +126,171 @@ def test_scoreboard_counts_reference_checks_inconclusive_and_not_run_apart(tmp_p
     assert "**0** replicated" in md and "**1** inconclusive" in md and "**1** not run" in md
     assert "**1** reference checks" in md
     assert "health gate failed: old did not beat the unigram loss" in md  # the qualifier is shown
+
+
+# ---------------------------------------------------------------- the reader's pages (issue 12)
+
+from replib.show import (VERDICT_COLORS, SMOKE_COLOR, contrast, format_spread, ours_text,  # noqa: E402
+                         seeds_label, tidy_numbers)
+
+
+@pytest.mark.parametrize("mean, sd, unit, ratio, text", [
+    (3.65123, 0.0213, "bits/byte", False, "3.651 ± 0.021 bits/byte"),  # two digits of the spread
+    (0.7839, 0.02382, "", True, "0.784× ± 0.024"),  # the × on the mean
+    (12.236, 0.840, "ppl", False, "12.24 ± 0.84 ppl"),
+    (721.0, 195.0, "", False, "720 ± 200"),
+    (0.5, 0.0996, "", False, "0.50 ± 0.10"),  # rounding up to a new digit keeps two
+    (1.023e-06, 1.279e-07, "", False, "(1.02 ± 0.13) × 10⁻⁶"),  # one shared power of ten
+    (2.0, None, "nats", False, "2 nats"),  # one seed: no spread
+])
+def test_numbers_are_formatted_by_their_uncertainty(mean, sd, unit, ratio, text):
+    assert format_spread(mean, sd, unit, ratio=ratio) == text
+
+
+@pytest.mark.parametrize("raw, tidy", [
+    ("ratio 0.7839 ± 0.02382x (LM 0.104 ± 0.00114)", "ratio 0.784× ± 0.024 (LM 0.104 ± 0.001)"),
+    ("LN 2.986 ± 0.021, PN 3.012 ± 0.043 bits/byte", "LN 2.986 ± 0.021, PN 3.012 ± 0.043 bits/byte"),
+    ("first/last 5.22e+00 ± 3.13e+00", "first/last 5.2 ± 3.1"),
+    ("1.045 ± 0.006x (cpu)", "1.045× ± 0.006 (cpu)"),  # never more digits than were written
+    ("slope -1.00 ± 0.00", "slope -1.00 ± 0.00"),
+])
+def test_chapter_texts_are_tidied_keeping_words_and_units(raw, tidy):
+    assert tidy_numbers(raw) == tidy
+
+
+def test_judges_default_text_is_rebuilt_from_the_exact_summary():
+    exp = Experiment("01-alpha", scale="cpu", device="cpu", seeds=[0, 1, 2])
+    rule = Rule("x > 1", lambda m: graded(m["x"].mean > 1))
+    claim = exp.record(judge("C1", "s", paper="p", rule=rule, metrics={"x": [3.0, 3.00002, 2.99]}))
+    assert claim.ours == "x = 2.997 ± 0.005779"  # judge's four digits
+    assert ours_text(claim.to_json()) == "x = 2.9967 ± 0.0058"
+
+
+def test_seeds_are_counted_in_words():
+    assert seeds_label([0]) == "1 seed (0)" and seeds_label([0, 1, 2]) == "3 seeds (0, 1, 2)"
+
+
+def test_every_badge_colour_reads_at_wcag_aa():
+    from replib.show import badge
+    for color in [*VERDICT_COLORS.values(), SMOKE_COLOR, pages.GREY, pages.BLUE, "#e37400"]:
+        html_ = badge("x", color)
+        fg = html_.split("color:")[1][:7]
+        assert contrast(fg, color) >= 4.5, (color, fg)
+
+
+def test_one_wall_time_for_a_chapter(book):
+    root, chapters, results = book
+    cpu = json.loads((results / "cpu" / "01-alpha.json").read_text())
+    ran = Outcome("01-alpha", "executed", 123.4, {})
+    assert pages.wall_time(ran, cpu) == 123.4  # the execution's, as on the status page
+    assert "wall time 123 s" in pages.header_markdown(chapters[0], "cpu", {}, cpu, ran, {})
+    assert pages.wall_time(None, cpu) == cpu["wall_time_s"]
+    assert pages.wall_time(Outcome("01-alpha", "failed", 9.0, {}), None) is None
+
+
+def test_scoreboard_groups_by_chapter_and_links_claims_to_their_sections(book):
+    root, chapters, results = book
+    md = pages.scoreboard_markdown(root, chapters, results)
+    assert md.count('class="replib-chapter') == 3
+    assert 'href="../notebooks/01-alpha.html#claim-01-alpha-c1"' in md
+    assert "1 claim at gpu scale: 1 not replicated" in md
+    assert '<div class="replib-scroll"><table class="replib-scoreboard">' in md
+
+
+def test_landing_page_counts_papers_rolls_up_and_grids_the_claims(book):
+    root, chapters, results = book
+    (root / "book").mkdir()
+    (root / "book" / "papers.yml").write_text(yaml.safe_dump([
+        {"id": "01-alpha", "title": "Alpha", "arxiv": "1", "authors": ["A. One", "B. Two"],
+         "year": 2020, "venue": "ICML 2020", "code": None},
+        {"id": "02-beta", "title": "Beta", "arxiv": "2", "authors": ["C. Three"], "year": 2021,
+         "venue": "arXiv preprint", "code": "https://example.org/b"},
+        {"id": "04-delta", "title": "Delta", "arxiv": "4", "authors": ["D. Four"], "year": 2022,
+         "venue": "arXiv preprint", "code": None}]))
+    md = pages.landing_markdown(root, chapters[:2], results)
+    assert "2 of the 3 papers have a chapter" in md and "the other 1 are planned" in md
+    assert md.count("<em>planned</em>") == 1 and "Delta" in md
+    assert 'href="../notebooks/01-alpha.html#claim-01-alpha-c1"' in md  # the grid cell
+    assert md.count('class="replib-cell"') == 2
+    assert "pipeline check only" in md  # beta: smoke only
+
+
+def test_chapter_header_has_the_paper_colab_and_results_at_a_glance(book):
+    root, chapters, results = book
+    paper = {"id": "01-alpha", "title": "Alpha", "arxiv": "2003.07845", "year": 2020,
+             "authors": ["Sheng Shen", "Zhewei Yao"], "venue": "ICML 2020",
+             "code": "https://github.com/x/y"}
+    colab = pages.colab_url("https://github.com/o/r", "abc123", chapters[0])
+    assert colab == "https://colab.research.google.com/github/o/r/blob/abc123/notebooks/01-alpha.ipynb"
+    head = pages.paper_markdown(paper, colab)
+    assert "https://arxiv.org/abs/2003.07845" in head and "https://github.com/x/y" in head
+    assert "Sheng Shen, Zhewei Yao" in head and "ICML 2020" in head and colab in head
+    found = pages.best_result(pages.recorded("01-alpha", results))
+    box = pages.glance_markdown(chapters[0], found, "smoke")
+    assert "Results at a glance" in box and 'href="#claim-01-alpha-c1"' in box
+    assert "results/gpu/01-alpha.json" in box and "this page's own run at scale smoke" in box
+    assert "x = 0" in box and "not replicated" in box
+
+
+def test_claim_targets_land_on_the_claims_sections():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 1. T"),
+                nbformat.v4.new_markdown_cell("## C1, C3: both\n\ntext\n\n### C3: its own part"),
+                nbformat.v4.new_markdown_cell("## C1-training: other"),
+                nbformat.v4.new_markdown_cell("## Verdicts")]
+    where = pages.add_claim_targets(nb, "01-alpha", ["C1", "C3", "C1-training", "C4b", "C9"])
+    where = pages.add_claim_targets(nb, "01-alpha", ["C1", "C3", "C1-training", "C4b", "C9"])
+    assert where == {"C1": "## C1, C3: both", "C3": "### C3: its own part",
+                     "C1-training": "## C1-training: other", "C4b": "## Verdicts", "C9": "## Verdicts"}
+    assert nb.cells[1].source.startswith("(claim-01-alpha-c1)=\n## C1, C3")
+    assert nb.cells[1].source.count("(claim-") == 2  # idempotent
+    assert "(claim-01-alpha-c4b)=\n(claim-01-alpha-c9)=\n## Verdicts" in nb.cells[3].source
+
+
+def test_cells_are_tagged_and_outputs_scrubbed(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    install = nbformat.v4.new_code_cell('%pip install -q "replib @ git+https://github.com/o/r@main"')
+    params = nbformat.v4.new_code_cell('scale = "cpu"')
+    params.metadata["tags"] = ["parameters"]
+    injected = nbformat.v4.new_code_cell('scale = "smoke"')
+    injected.metadata["tags"] = ["injected-parameters"]
+    sizes = nbformat.v4.new_code_cell("cfg = exp.sizes({})")
+    figure = nbformat.v4.new_code_cell("fig, ax = plt.subplots()\nax.plot([1])")
+    record = nbformat.v4.new_code_cell("ax.plot(x)\nexp.record(judge('C1'))")
+    table = nbformat.v4.new_code_cell("exp.verdict_table()")
+    save = nbformat.v4.new_code_cell("exp.save()")
+    save.outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "PosixPath('/x/y.json')"}),
+                    nbformat.v4.new_output("stream", text=f"{tmp_path}/src/a.py:9: Warning\n")]
+    mixed = nbformat.v4.new_code_cell("display(exp.verdict_table())\nexp.save()")
+    mixed.outputs = [nbformat.v4.new_output("stream", text="4 claims, 0 measurements recorded in "
+                                            "01-a.json (wall time 27 s at scale smoke)\n")]
+    echo = nbformat.v4.new_code_cell("claim.verdict.value")
+    echo.outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "'inconclusive'"}),
+                    nbformat.v4.new_output("execute_result", {"text/plain": "Claim(id='C1')"})]
+    widget = nbformat.v4.new_code_cell("train()")
+    widget.outputs = [nbformat.v4.new_output("display_data", {
+        "application/vnd.jupyter.widget-view+json": {"model_id": "m"}, "text/plain": "0%|"})]
+    nb.cells = [install, params, injected, sizes, figure, record, table, save, widget, mixed, echo]
+    nb.metadata["widgets"] = {"state": {}}
+    pages.polish_cells(nb, tmp_path)
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    assert all("remove-cell" in t for t in (tags[0], tags[1], tags[2], tags[7]))
+    assert "hide-input" in tags[3] and "hide-input" in tags[4] and "hide-input" not in tags[5]
+    assert tags[6] == ["remove-input"] and not widget.outputs and "widgets" not in nb.metadata
+    assert [o.output_type for o in save.outputs] == ["stream"]
+    assert save.outputs[0].text == "src/a.py:9: Warning\n"
+    assert tags[9] == ["remove-input"] and not mixed.outputs  # one wall time: the header's
+    assert [o.data["text/plain"] for o in echo.outputs] == ["inconclusive"]
+
+
+def test_what_we_learned_opens_with_the_finding(book):
+    root, chapters, results = book
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("## What we learned\n\nLong text."),
+                nbformat.v4.new_markdown_cell("## Other")]
+    found = pages.best_result(pages.recorded("01-alpha", results))
+    assert pages.add_finding(nb, found) and pages.add_finding(nb, found)  # idempotent
+    src = nb.cells[0].source
+    assert src.count("replib-learned") == 1 and src.startswith("## What we learned\n\n<p")
+    assert "Of the paper's 1 claim we tested at gpu scale (1 seed (0)): C1 did not replicate." in src
+    assert src.endswith("Long text.")

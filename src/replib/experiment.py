@@ -18,14 +18,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Mapping, Sequence
 
-import pandas as pd
-
 from . import provenance
 from .claims import Claim, Stat, Verdict
 from .errors import ReplibError
 from .results import results_dir, write
 from .runtime import resolve_device
 from .scales import get_scale, pick, resolve_seeds
+from .show import VerdictTable
 
 CHAPTER_RE = re.compile(r"^(\d\d)-[a-z0-9-]+$")
 
@@ -97,15 +96,11 @@ class Experiment:
         """Record a learning-rate sweep (:class:`replib.train.Sweep`) in the results file."""
         self.sweeps[name] = sweep.to_json()
 
-    def verdict_table(self) -> pd.DataFrame:
-        """Claim, the paper's number, ours, the verdict and what qualifies it (gates, the paired
-        interval, under-training), then the rule."""
-        rows = [{"claim": c.id + (" (analog)" if c.analog else ""), "paper": c.paper,
-                 "ours": c.ours, "verdict": c.verdict.value,
-                 "qualified by": " · ".join(c.qualifiers), "rule": c.rule,
-                 "scale": self.scale.name} for c in self.claims.values()]
-        return pd.DataFrame(rows, columns=["claim", "paper", "ours", "verdict", "qualified by",
-                                           "rule", "scale"])
+    def verdict_table(self) -> VerdictTable:
+        """Claim (full text), the paper's number, ours formatted by its spread with what qualifies
+        it (gates, the paired interval, under-training), the verdict badge and the rule behind a
+        disclosure: rendered like the scoreboard. ``.to_frame()`` gives a pandas DataFrame."""
+        return VerdictTable([c.to_json() for c in self.claims.values()], self.scale.name)
 
     def counts(self) -> dict[str, int]:
         """How many claims got each verdict (reference checks and not-run kept apart)."""

@@ -1,4 +1,10 @@
-"""One figure style for the whole book, and helpers that always show the spread over seeds."""
+"""One figure style for the whole book, and helpers that always show the spread over seeds.
+
+:func:`theme` sets it up: seaborn's colour-blind palette extended to sixteen distinct colours (a
+figure with eleven lines repeats none), figures drawn at twice their pixel density for retina
+screens (``retina`` PNG: crisp, yet displayed at the text column's width), and legends without
+frames. :func:`palette` gives ``n`` distinct colours for a figure with more lines than that.
+"""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -7,24 +13,43 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from .claims import Verdict
+from cycler import cycler
 
-VERDICT_COLORS = {
-    Verdict.REPLICATED: "#2e7d32",
-    Verdict.PARTIAL: "#f9a825",
-    Verdict.NOT_REPLICATED: "#c62828",
-    Verdict.INCONCLUSIVE: "#757575",
-    Verdict.NOT_TESTABLE: "#6d6d6d",
-    Verdict.NOT_RUN: "#5c6bc0",
-    Verdict.REFERENCE: "#00796b",
-}
+from .claims import Verdict
+from .show import VERDICT_COLORS as _BADGE_COLORS
+
+# The badges' colours (replib.show), keyed by verdict, for figures.
+VERDICT_COLORS = {Verdict(k): v for k, v in _BADGE_COLORS.items()}
+# After seaborn's ten colour-blind colours: six dark, distinct ones, so that a figure with up to
+# sixteen lines never repeats a colour (the property cycle used to wrap after ten).
+EXTRA_COLORS = ["#222222", "#7a0177", "#006d2c", "#08306b", "#a50f15", "#8c6d31"]
+
+
+def palette(n: int) -> list:
+    """``n`` distinct colours: the book's sixteen while they last, then evenly spaced hues."""
+    base = list(sns.color_palette("colorblind", 10)) + [
+        tuple(int(c[i:i + 2], 16) / 255 for i in (1, 3, 5)) for c in EXTRA_COLORS]
+    return base[:n] if n <= len(base) else list(sns.color_palette("husl", n))
+
+
+def retina() -> None:
+    """Inline figures as PNG at twice the pixel density, shown at their nominal size (IPython)."""
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:  # no IPython display machinery: nothing to set
+        return
+    if get_ipython() is not None:  # a kernel (a plain script has no inline figures)
+        set_matplotlib_formats("retina")
 
 
 def theme() -> None:
     """The book's seaborn theme; call once at the top of a chapter."""
     sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "figure.figsize": (7, 4),
-                         "axes.titleweight": "bold", "legend.frameon": False})
+                         "axes.titleweight": "bold", "legend.frameon": False,
+                         "axes.prop_cycle": cycler(color=palette(16))})
+    retina()
 
 
 def mean_band(ax: plt.Axes, x: Sequence[float], runs: Sequence[Sequence[float]], label: str,
@@ -64,7 +89,7 @@ def seed_dots(ax: plt.Axes, groups: Mapping[str, Sequence[float]], ylabel: str,
     for i, name in enumerate(names):
         vals = np.asarray(groups[name], dtype=float)
         fin = vals[np.isfinite(vals)]
-        color = colors[name] if colors else sns.color_palette()[i % 10]
+        color = colors[name] if colors else palette(len(names))[i]
         if len(fin):
             std = fin.std(ddof=1) if len(fin) > 1 else None
             if bars:
@@ -90,7 +115,7 @@ def lr_sweep(ax: plt.Axes, sweep: Mapping[str, Any], key: str | None = None, yla
     key = key or sweep["select_on"]
     grid = np.asarray(sweep["grid"], dtype=float)
     for i, (arm, lrs) in enumerate(sweep["runs"].items()):
-        color = colors[arm] if colors else sns.color_palette("colorblind", len(sweep["runs"]))[i]
+        color = colors[arm] if colors else palette(len(sweep["runs"]))[i]
         per = np.array([[np.nan if r.get(key) is None else r[key] for r in lrs[f"{lr:g}"]]
                         for lr in grid], dtype=float)  # (lr, seed)
         with np.errstate(all="ignore"):

@@ -2,7 +2,8 @@
 
 They need a built book (``replib book``) and ``/usr/bin/chromium``, so ``make test`` skips them;
 ``.ci/run`` builds the book at smoke scale and runs them with ``REPLIB_SITE_TESTS=1``, where a
-missing site or browser is a failure, not a skip.
+missing site or browser is a failure, not a skip. Pages are read at two viewports: a desktop
+(1366x900) and a phone (390x844).
 """
 import functools
 import http.server
@@ -16,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "_build" / "html"
 SHOTS = ROOT / "_build" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
+VIEWPORTS = {"desktop": {"width": 1366, "height": 900}, "phone": {"width": 390, "height": 844}}
 # Headless and closed off: this machine's network refuses Chromium's background connections.
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -59,9 +61,30 @@ def browser():
         b.close()
 
 
+def _page(browser, viewport: str):
+    context = browser.new_context(viewport=VIEWPORTS[viewport],
+                                  device_scale_factor=2 if viewport == "phone" else 1)
+    return context, context.new_page()
+
+
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
+    context, pg = _page(browser, "desktop")
+    yield pg
+    context.close()
+
+
+@pytest.fixture(params=list(VIEWPORTS))
+def any_page(browser, request):
+    """A page at each viewport; ``any_page.viewport`` names it."""
+    context, pg = _page(browser, request.param)
+    pg.viewport = request.param
+    yield pg
+    context.close()
+
+
+@pytest.fixture
+def phone(browser):
+    context, pg = _page(browser, "phone")
     yield pg
     context.close()

@@ -1,70 +1,278 @@
-"""The built book, in a real browser: every chapter has a page with a loaded figure, its header and
-verdict table; the scoreboard lists every chapter; Colab links; no broken internal link; search."""
+"""The built book, in a real browser, at a desktop and a phone viewport (conftest.VIEWPORTS):
+every chapter opens with its paper, an "Open in Colab" badge at the build's commit and a "Results
+at a glance" box, has a loaded (retina) figure, its run's badges and a verdict table; the
+landing page rolls every chapter up; each scoreboard claim links to its section; nothing widens a
+phone's page; badges read at WCAG AA contrast; no console errors, paths of the build machine or
+object reprs; no broken internal link; search. Screenshots land in _build/screenshots/."""
 import json
 import re
+import subprocess
 from collections import deque
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlparse
 
 import pytest
+import yaml
 
 from replib.book.chapters import toc_chapters
-from replib.book.pages import chapter_title, repository
+from replib.book.pages import best_result, chapter_title, claim_anchor, recorded, repository
+from replib.show import contrast
 
 ROOT = Path(__file__).resolve().parents[2]
+SITE = ROOT / "_build" / "html"
 SHOTS = ROOT / "_build" / "screenshots"
 
 CHAPTERS = toc_chapters(ROOT)
 IDS = [c.id for c in CHAPTERS]
+PAPERS = {p["id"]: p for p in yaml.safe_load((ROOT / "book" / "papers.yml").read_text())}
+PAGES = ["index.html", *sorted(p.relative_to(SITE).as_posix() for p in SITE.glob("book/*.html")),
+         *[f"notebooks/{cid}.html" for cid in IDS]] if SITE.exists() else []
 
 
 def _built_scale() -> str:
-    status = (ROOT / "_build" / "html" / "book" / "status.html").read_text()
+    status = (SITE / "book" / "status.html").read_text()
     return re.search(r"Scale of this build: <code[^>]*><span[^>]*>(\w+)<", status).group(1)
 
 
+def _built_commit() -> str:
+    status = (SITE / "book" / "status.html").read_text()
+    return re.search(r'class="replib-commit">([0-9a-f]+)<', status).group(1)
+
+
+def _watch_console(pg, site: str) -> list[str]:
+    """Console errors and uncaught exceptions of the page; a resource of another host that this
+    closed-off machine cannot fetch (MathJax's CDN) is not the site's error."""
+    errors = []
+
+    def on_console(msg):
+        if msg.type != "error":
+            return
+        where = (msg.location or {}).get("url", "")
+        if "Failed to load resource" in msg.text and not where.startswith(site):
+            return
+        errors.append(f"console: {msg.text} ({where})")
+
+    pg.on("console", on_console)
+    pg.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    return errors
+
+
+# ---------------------------------------------------------------- chapters
+
 @pytest.mark.parametrize("cid", IDS)
-def test_chapter_page_has_a_loaded_figure_header_and_verdict_table(site, page, cid):
+def test_chapter_page_has_a_loaded_retina_figure_header_and_verdict_table(site, page, cid):
     response = page.goto(f"{site}/notebooks/{cid}.html")
     assert response.ok
     page.wait_for_load_state("load")
-    widths = page.eval_on_selector_all(
-        "article img", "imgs => imgs.filter(i => i.complete).map(i => i.naturalWidth)")
-    assert any(w > 0 for w in widths), f"{cid}: no figure loaded (natural widths {widths})"
+    sizes = page.eval_on_selector_all(
+        ".cell_output img", "imgs => imgs.filter(i => i.complete && i.naturalWidth > 0)"
+        ".map(i => [i.naturalWidth, i.getBoundingClientRect().width])")
+    assert sizes, f"{cid}: no figure loaded"
+    shown = [(n, w) for n, w in sizes if w > 100]
+    assert all(n >= 1.5 * w for n, w in shown), f"{cid}: figures not retina (natural, shown) {shown}"
     assert page.locator(".replib-header .replib-badge").count() >= 3
     result = ROOT / "results" / _built_scale() / f"{cid}.json"
     claims = json.loads(result.read_text())["claims"] if result.exists() else [None]
-    if claims:  # the verdict table of exp.verdict_table()
-        header = page.locator("table.dataframe thead").filter(has_text="verdict")
-        assert header.count() >= 1, f"{cid}: no verdict table"
+    if claims:  # the verdict table of exp.verdict_table(), rendered like the scoreboard
+        table = page.locator("table.replib-verdicts")
+        assert table.count() >= 1, f"{cid}: no verdict table"
+        assert table.first.locator(".replib-badge").count() >= 1
+        assert table.first.locator("details.replib-rule").count() >= 1
+        assert page.locator("table.dataframe thead").filter(has_text="verdict").count() == 0
     else:  # a benchmark records measurements: still a table of numbers
-        assert page.locator("table.dataframe").count() >= 1
+        assert page.locator("table").count() >= 1
 
 
-def test_scoreboard_lists_every_chapter(site, page):
-    page.goto(f"{site}/book/scoreboard.html")
-    table = page.locator("table.replib-scoreboard")
-    assert table.count() == 1
-    hrefs = table.locator("a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
-    for cid in IDS:
-        assert f"../notebooks/{cid}.html" in hrefs, f"{cid} missing from the scoreboard"
-    assert "replicated" in page.locator("article").inner_text()
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "scoreboard.png"), full_page=True)
+@pytest.mark.parametrize("cid", IDS)
+def test_chapter_opens_with_the_paper_colab_and_results_at_a_glance(site, any_page, cid):
+    pg = any_page
+    pg.goto(f"{site}/notebooks/{cid}.html")
+    head = pg.locator(".replib-paper")
+    assert head.count() == 1
+    paper = PAPERS.get(cid)
+    links = head.locator("a").evaluate_all("as => as.map(a => a.href)")
+    if paper:
+        assert f"https://arxiv.org/abs/{paper['arxiv']}" in links
+        if paper["code"]:
+            assert paper["code"] in links, f"{cid}: no code link in {links}"
+        text = head.inner_text()
+        assert paper["authors"][0] in text and str(paper["year"]) in text
+    colab = head.locator("a.replib-colab")
+    assert colab.count() == 1 and colab.is_visible()
+    glance = pg.locator(".replib-glance")
+    assert glance.count() == 1 and "Results at a glance" in glance.inner_text()
+    found = best_result(recorded(cid, ROOT / "results"))
+    claims = found[1]["claims"] if found else []
+    items = glance.locator("li")
+    assert items.count() == len(claims)
+    for c in claims:  # each claim's link lands on its section of this page
+        anchor = claim_anchor(cid, c["id"])
+        assert glance.locator(f"a[href='#{anchor}']").count() == 1
+        assert pg.locator(f"[id='{anchor}']").count() == 1, f"{cid}: no section #{anchor}"
 
 
-def test_colab_link_of_each_chapter(site, page):
-    url, branch = repository(ROOT)
+def test_colab_links_open_the_notebook_at_the_build_commit(site, page):
+    url, _ = repository(ROOT)
     owner_repo = urlparse(url).path.strip("/")
+    commit = _built_commit()
+    assert re.fullmatch(r"[0-9a-f]{40}", commit), f"built from {commit!r}, not a commit"
+    clean = not subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True).stdout
+    if clean:  # a fresh clone (CI): the site is built from HEAD
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        assert commit == head
     for cid in IDS:
         page.goto(f"{site}/notebooks/{cid}.html")
         links = page.locator("a[href*='colab.research.google.com']").evaluate_all(
             "as => as.map(a => a.href)")
-        expected = (f"https://colab.research.google.com/github/{owner_repo}/blob/{branch}/"
+        expected = (f"https://colab.research.google.com/github/{owner_repo}/blob/{commit}/"
                     f"notebooks/{cid}.ipynb")
-        assert expected in links, f"{cid}: colab links {links}"
+        assert len(links) >= 2 and set(links) == {expected}, f"{cid}: colab links {links}"
 
+
+@pytest.mark.parametrize("cid", IDS)
+def test_code_serves_the_story(site, page, cid):
+    """Install, parameters and save cells are not on the page; plotting cells are folded; no
+    "seeds 0" but "1 seed"; one wall time, the status page's."""
+    page.goto(f"{site}/notebooks/{cid}.html")
+    text = page.locator("article").inner_text()
+    for gone in ("Install replib when it is missing", "# Parameters", "exp.save()"):
+        assert gone not in text, f"{cid}: {gone!r} is on the page"
+    assert page.locator(".cell.tag_hide-input").count() >= 1, f"{cid}: no folded cell"
+    assert not re.search(r"\bseeds 0\b", text)
+    header = page.locator(".replib-header").inner_text()
+    wall = re.search(r"wall time (\d+) s", header)
+    if wall:
+        status = (SITE / "book" / "status.html").read_text()
+        row = re.search(rf"<td>{cid}</td>.*?</tr>", status, flags=re.S).group(0)
+        assert re.findall(r"<td>(\d+)</td>", row)[0] == wall.group(1), f"{cid}: two wall times"
+
+
+# ---------------------------------------------------------------- landing page and scoreboard
+
+def test_landing_page_rolls_every_chapter_up(site, any_page):
+    pg = any_page
+    pg.goto(f"{site}/index.html")
+    text = pg.locator("article").inner_text()
+    written = [p for p in PAPERS if p in IDS]
+    assert f"{len(written)} of the {len(PAPERS)} papers have a chapter" in text
+    assert "forty papers" not in text.lower()
+    rollup = pg.locator("table.replib-rollup tbody tr")
+    assert rollup.count() == len(IDS)
+    grid = pg.locator(".replib-grid a.replib-cell")
+    n_claims = sum(len((best_result(recorded(cid, ROOT / "results")) or (0, {"claims": []}))[1]
+                       ["claims"]) for cid in IDS)
+    assert grid.count() == n_claims
+    planned = pg.locator(".replib-planned li")
+    assert planned.count() == len(PAPERS) - len(written)
+    assert all("planned" in t for t in planned.all_inner_texts())
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(SHOTS / f"landing-{pg.viewport}.png"), full_page=True)
+
+
+def test_scoreboard_groups_chapters_and_links_each_claim_to_its_section(site, any_page):
+    pg = any_page
+    pg.goto(f"{site}/book/scoreboard.html")
+    table = pg.locator("table.replib-scoreboard")
+    assert table.count() == 1
+    hrefs = table.locator("a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
+    for cid in IDS:
+        assert f"../notebooks/{cid}.html" in hrefs, f"{cid} missing from the scoreboard"
+    assert pg.locator("tr.replib-chapter").count() == len(IDS)
+    claim_links = [h for h in hrefs if "#claim-" in h]
+    assert claim_links, "no claim links to sections"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(SHOTS / f"scoreboard-{pg.viewport}.png"), full_page=True)
+
+
+def test_every_claim_link_lands_on_an_existing_anchor(site, page):
+    """From the scoreboard and the landing grid: the target page has an element with that id."""
+    targets = set()
+    for start in ("book/scoreboard.html", "index.html"):
+        page.goto(f"{site}/{start}")
+        for href in page.locator("a[href*='#claim-']").evaluate_all("as => as.map(a => a.href)"):
+            targets.add(href)
+    assert targets
+    missing, ids_of = [], {}
+    for href in sorted(targets):
+        url, anchor = urldefrag(href)
+        if url not in ids_of:
+            page.goto(url)
+            ids_of[url] = set(page.locator("[id]").evaluate_all("es => es.map(e => e.id)"))
+        if anchor not in ids_of[url]:
+            missing.append(href)
+    assert not missing, f"claim links without a target: {missing}"
+
+
+def test_numbers_are_formatted_by_their_uncertainty(site, page):
+    """Two significant digits of the spread at most, the mean to match, "×" on the mean."""
+    page.goto(f"{site}/book/scoreboard.html")
+    text = page.locator("table.replib-scoreboard").inner_text()
+    for m in re.finditer(r"(?<![\w.])(-?\d+(?:\.(\d+))?)×? ± (\d+(?:\.(\d+))?)(?!\d)", text):
+        mean_dec, sd = len(m.group(2) or ""), m.group(3)
+        digits = sd.replace(".", "").lstrip("0")
+        assert len(digits) <= 2 or sd.endswith("0" * (len(digits) - 2)), m.group(0)
+        assert mean_dec == len(m.group(4) or ""), m.group(0)
+    assert not re.search(r"± [\d.]+x\b", text), "a ratio's × belongs on the mean"
+
+
+# ---------------------------------------------------------------- every page, both viewports
+
+@pytest.mark.parametrize("path", PAGES)
+def test_no_console_errors_and_no_widget_or_require_scripts(site, any_page, path):
+    pg = any_page
+    errors = _watch_console(pg, site)
+    pg.goto(f"{site}/{path}")
+    pg.wait_for_load_state("load")
+    pg.wait_for_timeout(300)
+    assert not errors, f"{path} ({pg.viewport}): {errors}"
+    scripts = pg.locator("script[src]").evaluate_all("ss => ss.map(s => s.src)")
+    assert not [s for s in scripts if "require" in s or "html-manager" in s], scripts
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_nothing_widens_a_phone_page(site, phone, path):
+    phone.goto(f"{site}/{path}")
+    phone.wait_for_load_state("load")
+    wide = phone.evaluate("""() => {
+        const W = document.documentElement.clientWidth;
+        if (document.documentElement.scrollWidth <= W + 1) return [];
+        return [...document.querySelectorAll('body *')].filter(e => {
+            const r = e.getBoundingClientRect();
+            return r.right > W + 1 && r.width > 0 && !e.closest('.replib-scroll, .cell_output, pre,'
+                + ' .highlight, mjx-container, .math, table');
+        }).slice(0, 8).map(e => e.tagName + '.' + e.className + ' ' + Math.round(
+            e.getBoundingClientRect().right));
+    }""")
+    width = phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= 391, f"{path}: page is {width} px wide at 390 px; widest: {wide}"
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_badges_read_at_wcag_aa_contrast(site, page, path):
+    page.goto(f"{site}/{path}")
+    pairs = page.eval_on_selector_all(".replib-badge, a.replib-cell", """es => es.map(e => {
+        const s = getComputedStyle(e); return [s.color, s.backgroundColor, e.textContent]; })""")
+
+    def hex_of(css):
+        r, g, b = (int(x) for x in re.findall(r"\d+", css)[:3])
+        return f"#{r:02x}{g:02x}{b:02x}"
+    bad = [(t, fg, bg, round(contrast(hex_of(fg), hex_of(bg)), 2)) for fg, bg, t in pairs
+           if contrast(hex_of(fg), hex_of(bg)) < 4.5]
+    assert not bad, f"{path}: badges under 4.5:1 {bad[:5]}"
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_no_paths_of_the_build_machine_or_object_reprs(site, path):
+    html = (SITE / path).read_text()
+    assert "PosixPath(" not in html and "WindowsPath(" not in html
+    assert str(ROOT) not in html, f"{path} names the build's checkout {ROOT}"
+    assert "site-packages/" not in html.replace("…/site-packages/", "")
+
+
+# ---------------------------------------------------------------- links, search, screenshots
 
 class _Links(HTMLParser):
     def __init__(self):
@@ -118,9 +326,17 @@ def test_search_finds_the_chapter_by_a_title_word(site, page, cid):
     assert any(f"notebooks/{cid}.html" in h for h in hrefs), f"search {word!r}: {hrefs[:10]}"
 
 
-def test_screenshot_of_one_chapter(site, page):
-    cid = IDS[0]
-    page.goto(f"{site}/notebooks/{cid}.html")
+def test_one_search_box(site, any_page):
+    any_page.goto(f"{site}/index.html")
+    boxes = any_page.locator("input[type=search], .search-button-field").evaluate_all(
+        "es => es.filter(e => e.offsetParent !== null).length")
+    assert boxes <= 1, f"{boxes} visible search boxes"
+
+
+def test_screenshot_of_one_chapter(site, any_page):
+    cid = "03-layernorm" if "03-layernorm" in IDS else IDS[0]
+    any_page.goto(f"{site}/notebooks/{cid}.html")
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"chapter-{cid}.png"), full_page=False)
-    assert Path(SHOTS / f"chapter-{cid}.png").stat().st_size > 10_000
+    shot = SHOTS / f"chapter-{cid}-{any_page.viewport}.png"
+    any_page.screenshot(path=str(shot), full_page=False)
+    assert shot.stat().st_size > 10_000
