@@ -17,7 +17,7 @@ from .transformer import GPTConfig, TinyGPT
 from .vit import TinyViT
 
 # Modules that add norms to the registry on import (one module per paper).
-from . import bhyt, powernorm, seednorm, unified  # noqa: E402,F401  isort: skip
+from . import adab2n, bhyt, powernorm, seednorm, unified  # noqa: E402,F401  isort: skip
 
 __all__ = ["CharLSTM", "LSTMClassifier", "NormLSTM", "NormLSTMCell", "TinyCNN",
            "MLP", "GPTConfig", "TinyGPT", "create_norm", "list_norms", "register_norm",
