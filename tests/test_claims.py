@@ -163,3 +163,87 @@ def test_rule_is_shown_before_the_run():
     rule = better("new", "old", metric="loss", health=Health(4.5, 0.05))
     md = rule._repr_markdown_()
     assert md.startswith("**Rule, fixed before the run:**") and "0.05 below the unigram loss (4.5)" in md
+
+
+# ---- combining parts of a claim: every combinator on all hold / one reversal / one undecided /
+# a failed gate (known answers)
+from replib.claims import (all_of, all_of_named, any_of, at_least, at_most, below,  # noqa: E402
+                           gate_note, holds, k_of, log_paired)
+
+R, N, I = Verdict.REPLICATED, Verdict.NOT_REPLICATED, Verdict.INCONCLUSIVE
+HOLDS = paired([0.50, 0.52, 0.51], [0, 0, 0])  # interval tight around 0.51
+WIDE = paired([0.2, 1.2, 0.6], [0, 0, 0])  # straddles 0.7 and 0.9
+GATE = Health(reference=4.5, margin=0.05)
+TRAINED, STALLED = Stat.of([2.0, 2.1, 2.05]), Stat.of([4.49, 4.50, 4.52])
+
+
+def _gated(metrics, arm):
+    """A part left undecided when its arm fails the gate (the chapters' use of gate_note)."""
+    return None if gate_note(GATE, metrics, arm) else True
+
+
+def test_parts_are_three_valued_on_paired_intervals():
+    assert at_most(HOLDS, 0.7) is True and at_most(HOLDS, 0.45) is False and at_most(WIDE, 0.7) is None
+    assert at_least(HOLDS, 0.45) is True and at_least(HOLDS, 0.7) is False and at_least(WIDE, 0.7) is None
+    assert below(HOLDS, 0.7) is True and below(HOLDS, 0.3) is False and below(WIDE, 0.7) is None
+    exact = paired([0.7, 0.7, 0.7], [0, 0, 0])  # a zero-width interval on the threshold
+    assert at_most(exact, 0.7) is True and at_least(exact, 0.7) is True and below(exact, 0.7) is False
+    assert [holds(x) for x in (R, N, I, Verdict.PARTIAL, True, False, None, np.True_)] == [
+        True, False, None, None, True, False, None, True]
+
+
+def test_all_of():
+    assert all_of(R, True, at_most(HOLDS, 0.7)) is R  # all hold
+    assert all_of(R, N, True) is N and all_of(R, below(HOLDS, 0.3)) is N  # one reversal
+    assert all_of(R, I) is I and all_of(True, at_most(WIDE, 0.7)) is I  # one undecided
+    assert all_of(I, N) is N  # a reversal outweighs an undecided part
+    failed = {"post": STALLED}
+    assert all_of(R, _gated(failed, "post")) is I and all_of(N, _gated(failed, "post")) is N  # failed gate
+    assert all_of(R, _gated({"post": TRAINED}, "post")) is R
+    assert all_of() is R and all_of(Verdict.PARTIAL) is I
+
+
+def test_any_of():
+    assert any_of(R, R) is R and any_of(N, True) is R  # all hold; one holds is enough
+    assert any_of(N, False) is N  # every part reversed
+    assert any_of(N, I) is I and any_of(False, None) is I  # one undecided
+    assert any_of(N, _gated({"post": STALLED}, "post")) is I  # failed gate
+    assert any_of() is N
+
+
+def test_k_of():
+    assert k_of(2, R, R, N) is R  # enough hold
+    assert k_of(2, N, N, R) is N  # one reversal too many: 2 can no longer be reached
+    assert k_of(2, R, I, N) is I  # undecided
+    assert k_of(2, R, N, _gated({"post": STALLED}, "post")) is I  # failed gate
+    assert k_of(3, R, R, R) is all_of(R, R, R) and k_of(1, N, I) is any_of(N, I)
+
+
+def test_all_of_named_lists_every_part():
+    v, why = all_of_named({"variance": (R, HOLDS), "angle": (N, WIDE)})
+    assert v is N and why.startswith("variance: replicated (a − b = +0.51") and "angle: not replicated" in why
+    assert all_of_named({"a": (R, HOLDS), "b": (R, HOLDS)})[0] is R
+    assert all_of_named({"a": (R, HOLDS), "b": (I, WIDE)})[0] is I
+
+
+def test_graded_tiers_in_three_values():
+    assert graded(True) is R and graded(False) is N and graded(None) is I  # no partial tier: the part itself
+    assert graded(False, True) is Verdict.PARTIAL and graded(N, R) is Verdict.PARTIAL
+    assert graded(None, True) is I and graded(False, None) is I  # a tier the intervals cannot settle
+    # both parts / one part (chapters 03 C3, 16 C2): a reversal of one part is "partially", never more
+    both = lambda a, b: graded(all_of(a, b), any_of(a, b))  # noqa: E731
+    assert both(R, R) is R and both(R, N) is Verdict.PARTIAL and both(N, N) is N and both(R, I) is I
+    # main part and the rest / main part (chapters 05 and 25 C1): a failed gate on the rest -> partially
+    main_rest = lambda main, rest: graded(all_of(main, rest), main)  # noqa: E731
+    assert main_rest(R, True) is R and main_rest(R, False) is Verdict.PARTIAL
+    assert main_rest(N, True) is N and main_rest(I, False) is I
+    assert main_rest(R, not gate_note(GATE, {"post": STALLED}, "post")) is Verdict.PARTIAL
+
+
+def test_gate_note_and_log_paired():
+    assert gate_note(GATE, {"post": TRAINED}, "post") == ""
+    assert "post did not beat the unigram loss (4.5) by 0.05 in 3/3 seeds" == gate_note(GATE, {"post": STALLED}, "post")
+    p = log_paired([1.0, 2.0, 4.0], 2.0, names=("log a", "log 2"))
+    assert p.diffs == pytest.approx((-math.log(2), 0.0, math.log(2)))
+    assert log_paired([1.0, 0.0, math.nan], [1.0, 1.0, 1.0], names=("a", "b")).n == 1  # non-positive: dropped
+    assert log_paired(Stat.of([3.0, 3.0]), Stat.of([1.0, 1.0]), names=("a", "b")).mean == pytest.approx(math.log(3))

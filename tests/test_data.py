@@ -21,6 +21,7 @@ from replib.data import (
     fetch,
     lm_batches,
     lm_eval_windows,
+    lm_splits,
     load_remote_text,
     load_tabular,
     minibatches,
@@ -130,6 +131,39 @@ def test_lm_batches_are_shifted_windows_and_seeded():
     assert len(val) == 100 and train[-1] + 1 == val[0]
     ex, ey = lm_eval_windows(val, 16, 100)
     assert ex.shape == (6, 16) and torch.equal(ey, ex + 1)
+
+
+def test_lm_splits_val_then_test_from_the_held_out_part_only():
+    tokens = torch.arange(20_000)  # token id = position: where every window came from is visible
+    train, (vx, vy), (tx, ty) = lm_splits(tokens, 16, 8, 5, held_out=0.1)
+    assert torch.equal(train, tokens[:18_000])  # the training stream is the first 90 %
+    assert vx.shape == vy.shape == (8, 16) and tx.shape == ty.shape == (5, 16)  # the stated shapes
+    assert torch.equal(vy, vx + 1) and torch.equal(ty, tx + 1)  # next-token targets
+    held = set(range(18_000, 20_000))
+    val_ids, test_ids = set(torch.cat([vx, vy]).flatten().tolist()), set(torch.cat([tx, ty]).flatten().tolist())
+    assert val_ids <= held and test_ids <= held  # only the held-out part
+    assert not val_ids & test_ids  # disjoint
+    assert max(val_ids) < 19_000 <= min(test_ids)  # ordered: validation half first, test half second
+    assert vx[0, 0] == 18_000 and tx[0, 0] == 19_000  # each from the start of its half
+    again = lm_splits(tokens, 16, 8, 5, held_out=0.1)  # identical across calls
+    assert all(torch.equal(a, b) for a, b in zip((train, vx, vy, tx, ty), (again.train, *again.val, *again.test)))
+
+
+def test_lm_splits_of_text_options_and_limits():
+    text = "".join(chr(97 + i % 26) for i in range(5000))
+    s = lm_splits(text, 32, 4, 4)
+    assert torch.equal(s.train, ByteTokenizer().encode(text)[:4500]) and s.val[0].shape == (4, 32)
+    capped = lm_splits(text, 32, 100, 100)  # as many windows as a half holds, no more
+    assert capped.val[0].shape[0] == capped.test[0].shape[0] == (250 - 1) // 32
+    whole = lm_splits(text, 32, 100, 0)  # no test part: the whole held-out tail gives validation
+    assert whole.test is None and whole.val[0].shape[0] == (500 - 1) // 32
+    assert torch.equal(whole.val[0][:4], s.val[0])
+
+    def two_windows(tokens, seq_len, n, device):  # another kind of window (chapter 26: BOS-prefixed)
+        return lm_eval_windows(tokens, seq_len, min(n, 2), device)
+    assert lm_splits(text, 32, 4, 4, windows=two_windows).test[0].shape == (2, 32)
+    with pytest.raises(ReplibError, match="too few"):
+        lm_splits(text[:1000], 64, 4, 4)
 
 
 @pytest.fixture

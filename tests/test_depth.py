@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from replib.data import lm_splits
 from replib.experiments import depth as dp
 from replib.nn import TinyGPT
 from replib.nn.instrument import residual_stats
@@ -103,18 +104,11 @@ def test_helpers():
     assert dp.variance_growth([1.0, 2.0, 3.0, 4.0]) == 3.0  # Var(h_3)/Var(h_1): inputs of blocks 3, 1
 
 
-def test_val_test_windows_are_the_two_halves():
-    toks = _tokens(2000)
-    val, test = dp.val_test_windows(toks, 16, 100)
-    assert torch.equal(val[0][0], toks[:16]) and torch.equal(test[0][0], toks[1000:1016])
-    assert val[0].shape[0] == test[0].shape[0] == (1000 - 1) // 16
-
-
 def test_sweep_runner_keeps_models_and_returns_val_test_curve():
     toks = _tokens()
-    val, test = dp.val_test_windows(toks[3500:], SMALL["seq_len"], 4)
+    train, val, test = lm_splits(toks, SMALL["seq_len"], 4, 4, held_out=0.125)  # the last 500 tokens
     keep = {}
-    run = dp.sweep_runner(toks[:3500], val, test, keep=keep, **SMALL, batch_size=4, steps=4,
+    run = dp.sweep_runner(train, val, test, keep=keep, **SMALL, batch_size=4, steps=4,
                           warmup_frac=0.25, eval_every=2, grad_clip=None, device="cpu", progress=False)
     out = run("Pre-LN + LNS", 1e-3, 0)
     assert set(out) == {"val", "test", "curve", "curve_steps"}
@@ -160,17 +154,6 @@ def test_finetune_sft_is_deterministic_and_leaves_the_model_alone():
     keep = y != -100
     expect = torch.nn.functional.cross_entropy(logits[keep], y[keep]).item()
     assert dp.answer_loss(model, x, y) == pytest.approx(expect, rel=1e-5)
-
-
-def test_all_of_needs_every_part_and_a_reversal_refutes():
-    from replib.claims import Verdict, paired
-    up = paired([1.0, 1.1, 0.9], [0.0, 0.1, 0.0])
-    R, N, I = Verdict.REPLICATED, Verdict.NOT_REPLICATED, Verdict.INCONCLUSIVE
-    assert dp.all_of({"a": (R, up), "b": (R, up)})[0] is R
-    assert dp.all_of({"a": (R, up), "b": (N, up)})[0] is N
-    assert dp.all_of({"a": (R, up), "b": (I, up)})[0] is I
-    assert dp.all_of({"a": (I, up), "b": (N, up)})[0] is N
-    assert "a: replicated" in dp.all_of({"a": (R, up)})[1]
 
 
 def test_findings_say_a_reversal_in_words():

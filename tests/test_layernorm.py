@@ -250,23 +250,6 @@ def test_speedup_ratio_and_censoring():
     assert speedup_ratio(diverged, base)[1] is False
 
 
-def test_three_valued_tiers_on_paired_intervals():
-    from replib.claims import Verdict, paired
-    from replib.experiments.layernorm import all3, any3, at_least, at_most, below, tiered
-    tight_low = paired([0.50, 0.52, 0.51], [0, 0, 0])  # interval well inside (0.4, 0.6)
-    wide = paired([0.2, 1.2, 0.6], [0, 0, 0])  # straddles 0.7 and 0.9
-    assert at_most(tight_low, 0.7) is True and at_most(tight_low, 0.45) is False
-    assert at_most(wide, 0.7) is None
-    assert at_least(tight_low, 0.45) is True and at_least(tight_low, 0.7) is False and at_least(wide, 0.7) is None
-    assert below(tight_low, 0.7) is True and below(tight_low, 0.3) is False and below(wide, 0.7) is None
-    assert all3(True, True) is True and all3(True, None) is None and all3(None, False) is False
-    assert any3(False, False) is False and any3(None, True) is True and any3(False, None) is None
-    assert tiered(True, False) is Verdict.REPLICATED
-    assert tiered(False, True) is Verdict.PARTIAL
-    assert tiered(False, False) is Verdict.NOT_REPLICATED and tiered(False) is Verdict.NOT_REPLICATED
-    assert tiered(None, True) is Verdict.INCONCLUSIVE and tiered(False, None) is Verdict.INCONCLUSIVE
-
-
 def test_runners_report_validation_and_test_and_the_sweep_adapters():
     import math
 

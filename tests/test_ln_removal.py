@@ -214,10 +214,11 @@ def test_runner_direct_effect_and_determinism():
         ft_runner,
         instant_removal_ce,
         pretrain,
-        val_test_windows,
     )
+    from replib.data import lm_splits
     tokens = torch.randint(0, 256, (3000,), generator=torch.Generator().manual_seed(0))
-    val, test = val_test_windows(tokens[2500:], 16, 2)
+    train, val, test = lm_splits(tokens, 16, 2, 2, held_out=1 / 6, windows=bos_eval_windows)
+    assert torch.equal(train, tokens[:2500])
     assert val[0][:, 0].eq(256).all() and test[0][:, 0].eq(256).all()
     assert not torch.equal(val[0], test[0])  # two halves of the held-out text
     assert torch.equal(val[0], bos_eval_windows(tokens[2500:2750], 16, 2)[0])

@@ -124,15 +124,15 @@ HEALTH = Health(reference=4.5, margin=0.07, name="byte-unigram loss (bits/byte)"
 
 
 def test_split_data_has_disjoint_val_and_test_halves():
-    d = pl.lm_data_split(TEXT + "".join(chr(65 + i % 26) for i in range(3000)), seq_len=16, val_windows=4,
-                         test_windows=4, probe_windows=2)
+    d = pl.lm_data(TEXT + "".join(chr(65 + i % 26) for i in range(3000)), seq_len=16, val_windows=4,
+                   test_windows=4, probe_windows=2)
     assert d.val_x.shape == d.test_x.shape == (4, 16) and d.probe.shape == (2, 16)
     assert not torch.equal(d.val_x, d.test_x)
-    assert pl.lm_data(TEXT, seq_len=16, val_windows=4).test_x is None  # the old loader is unchanged
+    assert pl.lm_data(TEXT, seq_len=16, val_windows=4).test_x is None  # no test windows asked for
 
 
 def test_sweep_records_val_test_and_picks_each_best():
-    d = pl.lm_data_split(TEXT, seq_len=16, val_windows=4, test_windows=4, probe_windows=2)
+    d = pl.lm_data(TEXT, seq_len=16, val_windows=4, test_windows=4, probe_windows=2)
     sweep, runs = pl.placement_sweep(["pre", "peri"], [3e-3, 1e-2], [0, 1], d, progress=False, **SMALL)
     assert len(runs) == 8 and sweep.grid == (3e-3, 1e-2)
     for arm in ("pre", "peri"):

@@ -10,14 +10,16 @@ arms) with a Student-t interval (:func:`paired`): ``replicated`` needs the whole
 claimed side (beyond a stated minimum effect), ``not replicated`` needs it to exclude the claimed
 effect, anything between is ``inconclusive``. **Health gates** (:class:`Health`) run first: an arm
 that diverged or never beat the trivial reference (the unigram loss, chance accuracy) makes the
-claim ``inconclusive`` with the gate named, whatever the comparison says.
+claim ``inconclusive`` with the gate named, whatever the comparison says. A claim made of several
+parts is decided part by part and combined in three-valued logic (:func:`all_of`, :func:`any_of`,
+:func:`k_of`, :func:`graded`; section "Combining parts of a claim").
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 from scipy import stats as sps
@@ -46,16 +48,6 @@ class Verdict(str, Enum):
 
 
 LEGACY_VERDICTS = ("inconclusive at this scale", "not testable at this scale")
-
-
-def graded(full: bool, partial: bool = False) -> Verdict:
-    """A spec's three-step rule: all conditions hold, the spec's partial tier holds, neither.
-
-    Use it only where the spec's rule has a partial tier; a comparison goes through :func:`paired`.
-    """
-    if full:
-        return Verdict.REPLICATED
-    return Verdict.PARTIAL if partial else Verdict.NOT_REPLICATED
 
 
 @dataclass(frozen=True)
@@ -200,6 +192,114 @@ def decide_within(p: Paired, tol: float) -> Verdict:
     return Verdict.NOT_REPLICATED if lo >= tol or hi <= -tol else Verdict.INCONCLUSIVE
 
 
+# ---- Combining parts of a claim ---------------------------------------------------------------
+# Many claims have parts ("Peri-LN below Pre-LN, and Post-LN the worst"; "at most 0.7 on both
+# tasks"). Each part is decided on its own paired interval, in three values: it *holds* (``True``
+# or ``Verdict.REPLICATED``), it is *refuted* (``False`` or ``Verdict.NOT_REPLICATED``: its interval
+# lies wholly on the other side), or it is *undecided* (``None`` or any other verdict: an interval
+# that straddles its threshold, an arm left out by a health gate). The combinators take parts in
+# either form and return a Verdict, by one rule: any part refuted -> not replicated, every part
+# holds -> replicated, anything else -> inconclusive (Kleene's three-valued logic).
+
+Part = Union[Verdict, bool, None]
+
+
+def holds(part: Part) -> bool | None:
+    """A part as ``True`` (holds), ``False`` (refuted) or ``None`` (undecided). A verdict holds if
+    it is ``replicated`` and is refuted if it is ``not replicated``; every other verdict (partially,
+    inconclusive, ...) leaves the part undecided."""
+    if part is None:
+        return None
+    if isinstance(part, str):  # a Verdict (or its recorded word)
+        v = Verdict(part)
+        return True if v is Verdict.REPLICATED else False if v is Verdict.NOT_REPLICATED else None
+    return bool(part)
+
+
+def at_most(p: Paired, t: float) -> bool | None:
+    """Part "the mean of ``p`` is at most ``t``": holds if the whole interval is at or below ``t``,
+    refuted if it lies wholly above, undecided if it straddles ``t``."""
+    lo, hi = p.interval
+    return True if hi <= t else False if lo > t else None
+
+
+def at_least(p: Paired, t: float) -> bool | None:
+    """Part "the mean of ``p`` is at least ``t``": holds if the whole interval is at or above ``t``,
+    refuted if it lies wholly below, undecided if it straddles ``t``."""
+    lo, hi = p.interval
+    return True if lo >= t else False if hi < t else None
+
+
+def below(p: Paired, t: float = 0.0) -> bool | None:
+    """Part "the mean of ``p`` is below ``t``" (strictly): :func:`decide_side` with
+    ``claimed="below"`` as a part (holds if the interval lies below ``t``, refuted if it lies wholly
+    at or above, undecided otherwise)."""
+    return holds(decide_side(p, claimed="below", threshold=t))
+
+
+def k_of(k: int, *parts: Part) -> Verdict:
+    """At least ``k`` of the parts must hold: replicated once ``k`` hold, not replicated once so
+    many are refuted that ``k`` can no longer be reached, inconclusive otherwise."""
+    h = [holds(x) for x in parts]
+    if sum(x is True for x in h) >= k:
+        return Verdict.REPLICATED
+    if sum(x is False for x in h) > len(h) - k:
+        return Verdict.NOT_REPLICATED
+    return Verdict.INCONCLUSIVE
+
+
+def all_of(*parts: Part) -> Verdict:
+    """Every part must hold: replicated if all hold, not replicated if any part is refuted (the
+    claim as a whole is contradicted, a reversal of the paper's mechanism included), inconclusive
+    otherwise."""
+    return k_of(len(parts), *parts)
+
+
+def any_of(*parts: Part) -> Verdict:
+    """One part is enough: replicated if any part holds, not replicated if every part is refuted,
+    inconclusive otherwise."""
+    return k_of(1, *parts)
+
+
+def all_of_named(parts: Mapping[str, tuple[Verdict, Paired]]) -> tuple[Verdict, str]:
+    """:func:`all_of` over named parts, each a verdict and the paired interval that decided it;
+    returns the verdict and a reason that lists every part (``name: verdict (interval)``)."""
+    why = "; ".join(f"{name}: {v.value} ({p})" for name, (v, p) in parts.items())
+    return all_of(*(v for v, _ in parts.values())), why
+
+
+def graded(full: Part, partial: Part = False) -> Verdict:
+    """A spec's three-tier rule: "replicated if FULL; partially if PARTIAL; not replicated
+    otherwise", for parts in three values. Replicated if FULL holds; partially replicated if FULL is
+    refuted and PARTIAL holds; not replicated if both are refuted; inconclusive otherwise (a tier the
+    intervals cannot settle). With plain booleans it is the spec's rule as written.
+
+    Use the ``partial`` argument only where the spec's rule has a partial tier (without it,
+    ``graded(full)`` is ``full`` as a verdict). Typical tiers: both parts / one part,
+    ``graded(all_of(a, b), any_of(a, b))``; the main part and the rest / the main part,
+    ``graded(all_of(main, rest), main)``.
+    """
+    f, p = holds(full), holds(partial)
+    if f is True:
+        return Verdict.REPLICATED
+    if f is False and p is True:
+        return Verdict.PARTIAL
+    if f is False and p is False:
+        return Verdict.NOT_REPLICATED
+    return Verdict.INCONCLUSIVE
+
+
+def log_paired(a: "Stat | Sequence[float]", b: "Stat | Sequence[float] | float", *,
+               names: tuple[str, str]) -> Paired:
+    """Paired differences of logarithms, ``log a_s - log b_s`` (a ratio test; ``b`` may be one
+    constant, then it is a one-sample interval for ``log a`` against ``log b``). A non-positive or
+    non-finite value counts as diverged (``nan``) and its seed is left out."""
+    a = a.values if isinstance(a, Stat) else tuple(a)
+    b = (b,) * len(a) if isinstance(b, (int, float)) else (b.values if isinstance(b, Stat) else tuple(b))
+    lg = lambda v: math.log(v) if math.isfinite(v) and v > 0 else math.nan  # noqa: E731
+    return paired([lg(x) for x in a], [lg(x) for x in b], names=names)
+
+
 @dataclass(frozen=True)
 class Health:
     """Gates every compared arm must pass before a comparison may decide anything.
@@ -233,6 +333,12 @@ class Health:
                 out.append(f"{arm} did not beat the {self.name} ({self.reference:.4g}) by "
                            f"{self.margin:g} in {len(bad)}/{s.n} seeds")
         return out
+
+
+def gate_note(health: Health, metrics: Mapping[str, Stat], arm: str) -> str:
+    """Why ``arm`` fails ``health`` (to leave it out of one part of a claim, shown beside the
+    verdict), or ``""`` when it passes."""
+    return "; ".join(health.failures(metrics, [arm]))
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,16 @@ from .text import (
                    ByteTokenizer,
                    CharTokenizer,
                    Corpus,
+                   TextSplits,
                    book_corpus,
                    lm_batches,
                    lm_eval_windows,
+                   lm_splits,
                    split_tokens,
                    unigram_loss,
                    unigram_stalled,
 )
 
-__all__ = ["REMOTES", "ByteTokenizer", "CharTokenizer", "Corpus", "Split", "book_corpus", "fetch",
-           "lm_batches", "lm_eval_windows", "load_remote_text", "load_tabular", "minibatches",
-           "split_tokens", "unigram_loss", "unigram_stalled"]
+__all__ = ["REMOTES", "ByteTokenizer", "CharTokenizer", "Corpus", "Split", "TextSplits", "book_corpus",
+           "fetch", "lm_batches", "lm_eval_windows", "lm_splits", "load_remote_text", "load_tabular",
+           "minibatches", "split_tokens", "unigram_loss", "unigram_stalled"]

@@ -13,7 +13,7 @@ import lzma
 import math
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 
@@ -55,7 +55,8 @@ def corpus_path():
 def book_corpus() -> Corpus:
     """The book's fixed text, checked against its sha256: the same bytes on every machine.
 
-    The train/validation split is fixed by the file: :func:`split_tokens` holds out its last 10 %.
+    The split is fixed by the file: :func:`lm_splits` holds out its last 10 % and cuts that into
+    validation and test windows.
     """
     path = corpus_path()
     try:
@@ -134,6 +135,45 @@ def lm_eval_windows(tokens: torch.Tensor, seq_len: int, max_windows: int,
     x = tokens[: n * seq_len].view(n, seq_len)
     y = tokens[1: n * seq_len + 1].view(n, seq_len)
     return x.to(device), y.to(device)
+
+
+class TextSplits(NamedTuple):
+    """A token stream cut for training, choosing and judging (:func:`lm_splits`); unpacks as
+    ``train, val, test = lm_splits(...)``."""
+
+    train: torch.Tensor  # 1-D token ids: the training stream (CPU), sampled by random windows
+    val: tuple[torch.Tensor, torch.Tensor]  # (x, y) validation windows: choose learning rates here
+    test: tuple[torch.Tensor, torch.Tensor] | None  # (x, y) test windows: judge here (None: none asked for)
+
+
+Windows = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (tokens, seq_len, max_windows, device)
+
+
+def lm_splits(text_or_tokens: str | torch.Tensor, seq_len: int, val_windows: int, test_windows: int, *,
+              held_out: float = 0.1, windows: Windows = lm_eval_windows,
+              device: torch.device | str = "cpu") -> TextSplits:
+    """The book's split of a language-model text into training tokens, validation and test windows.
+
+    A string is byte-tokenised (:class:`ByteTokenizer`); a tensor of token ids is used as it is.
+    The last ``held_out`` fraction of the stream is held out (:func:`split_tokens`) and never
+    trained on. It is cut at its midpoint: up to ``val_windows`` validation windows come from the
+    start of the first half and up to ``test_windows`` test windows from the start of the second,
+    so no token is in both, validation comes before test, and the windows are the same on every
+    call. ``test_windows=0`` asks for no test part: the validation windows then come from the
+    whole held-out tail (``test`` is ``None``).
+
+    ``windows(tokens, seq_len, max_windows, device)`` cuts one part into ``(x, y)`` windows:
+    :func:`lm_eval_windows` (non-overlapping, next-token targets) unless a chapter needs another
+    kind (chapter 26 passes its BOS-prefixed windows).
+    """
+    tokens = (ByteTokenizer().encode(text_or_tokens) if isinstance(text_or_tokens, str)
+              else text_or_tokens)
+    train, held = split_tokens(tokens, held_out)
+    if not test_windows:
+        return TextSplits(train, windows(held, seq_len, val_windows, device), None)
+    half = len(held) // 2
+    return TextSplits(train, windows(held[:half], seq_len, val_windows, device),
+                      windows(held[half:], seq_len, test_windows, device))
 
 
 def unigram_loss(train_tokens: torch.Tensor, targets: torch.Tensor, vocab_size: int = 256,

@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from ..claims import paired
-from ..data import ByteTokenizer, lm_batches, lm_eval_windows, split_tokens
+from ..data import lm_batches, lm_splits
 from ..nn import GPTConfig, TinyGPT, create_norm, list_norms
 from ..nn import norms as _norms
 from ..runtime import seed_everything, torch_threads
@@ -139,14 +139,11 @@ class BenchData:
 
 def bench_data(text: str, seq_len: int, windows: int, held_out: float = 0.1,
                device: torch.device | str = "cpu") -> BenchData:
-    """Byte-tokenise ``text``; the last ``held_out`` fraction is split in two halves: the first
-    gives up to ``windows`` validation windows, the second up to ``windows`` test windows."""
-    tokens = ByteTokenizer().encode(text)
-    train_tok, rest = split_tokens(tokens, held_out)
-    half = len(rest) // 2
-    vx, vy = lm_eval_windows(rest[:half], seq_len, windows, device)
-    tx, ty = lm_eval_windows(rest[half:], seq_len, windows, device)
-    return BenchData(train_tok, vx, vy, tx, ty, seq_len)
+    """:func:`replib.data.lm_splits` of ``text``: the last ``held_out`` fraction split in two
+    halves, the first giving up to ``windows`` validation windows, the second up to ``windows``
+    test windows."""
+    s = lm_splits(text, seq_len, windows, windows, held_out=held_out, device=device)
+    return BenchData(s.train, *s.val, *s.test, seq_len)
 
 
 @dataclass

@@ -287,10 +287,8 @@ def c1_rule(lrs, *, unigram: float, margin: float = 0.05, dyt: str = "DyT",
         skipped = [lr for lr in lrs if lr not in gated]
         if skipped:
             notes.append(f"lrs {skipped} left out of the ratio part (RMSNorm or BHyT failed the gate)")
-        if rc.Verdict.NOT_REPLICATED in parts:
-            return rc.Verdict.NOT_REPLICATED, "; ".join(notes)
-        if rc.Verdict.INCONCLUSIVE in parts:
-            return rc.Verdict.INCONCLUSIVE, "; ".join(notes)
+        if (ratio := rc.all_of(*parts)) is not rc.Verdict.REPLICATED:
+            return ratio, "; ".join(notes)
         ctrl = m[f"loss {shallow}"]
         if not gate_ok(ctrl):
             notes.append(f"DyT part excluded: the shallow control ({shallow}) did not end {margin:g} nats "

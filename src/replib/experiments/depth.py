@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..claims import Paired, Verdict
-from ..data import lm_batches, lm_eval_windows
+from ..data import lm_batches
 from ..nn import GPTConfig, TinyGPT
 from ..nn.instrument import angular_distances, layer_drop_deltas, residual_stats
 from ..runtime import seed_everything
@@ -54,15 +53,6 @@ class DepthRun:
     @property
     def final_loss(self) -> float:
         return self.history.final("loss")
-
-
-def val_test_windows(heldout: torch.Tensor, seq_len: int, n_windows: int, device="cpu"
-                     ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed evaluation windows from the two halves of the held-out tokens: validation (first half,
-    used to choose learning rates) and test (second half, used to judge)."""
-    half = len(heldout) // 2
-    return (lm_eval_windows(heldout[:half], seq_len, n_windows, device),
-            lm_eval_windows(heldout[half:], seq_len, n_windows, device))
 
 
 def train_depth_lm(variant: str, seed: int, train_tokens: torch.Tensor,
@@ -138,19 +128,6 @@ def variance_growth(variance: list[float]) -> float:
     :math:`\\ell` (so ``variance[L-1] / variance[0]``, as the spec defines it)."""
     n_layer = len(variance) - 1
     return variance[n_layer - 1] / variance[0]
-
-
-def all_of(parts: dict[str, tuple[Verdict, Paired]]) -> tuple[Verdict, str]:
-    """A claim made of several parts, each decided on its own paired interval: replicated when
-    every part is, not replicated when any part's interval excludes the claimed effect (a reversal
-    of the paper's mechanism included), inconclusive otherwise. The reason lists every part."""
-    verdicts = [v for v, _ in parts.values()]
-    why = "; ".join(f"{name}: {v.value} ({p})" for name, (v, p) in parts.items())
-    if all(v is Verdict.REPLICATED for v in verdicts):
-        return Verdict.REPLICATED, why
-    if Verdict.NOT_REPLICATED in verdicts:
-        return Verdict.NOT_REPLICATED, why
-    return Verdict.INCONCLUSIVE, why
 
 
 def thirds(values: list[float]) -> tuple[float, float]:

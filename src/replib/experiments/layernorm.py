@@ -3,9 +3,9 @@
 Each runner trains one model for one seed and learning rate and evaluates it on a validation split
 (where the chapter chooses learning rates, :func:`replib.lr_sweep`) and a test split (where the
 claims are judged); :func:`sweep_runner` adapts a runner to ``lr_sweep``. All runs use Adam;
-nothing here reads the test split to choose anything. :func:`at_most`, :func:`at_least`,
-:func:`all3`, :func:`any3` and :func:`tiered` apply a spec's tiered rule to paired intervals in
-three-valued logic (true, false, undecided).
+nothing here reads the test split to choose anything. The chapter's tiered rules combine paired
+intervals with :mod:`replib.claims` (:func:`~replib.claims.at_most`, :func:`~replib.claims.all_of`,
+:func:`~replib.claims.graded`, ...).
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
 from ..data import lm_batches, minibatches
-from ..claims import Paired, Verdict, decide_side
 from ..data.tabular import Split
 from ..nn import MLP, CharLSTM, LSTMClassifier, TinyCNN
 from ..runtime import seed_everything
@@ -193,53 +192,6 @@ def at_epoch(hist: History, key: str, epoch: int) -> float:
     """``key`` after ``epoch`` epochs (evaluations run once per epoch); NaN if the run diverged before."""
     _, values = hist.eval_series(key)
     return values[epoch - 1] if len(values) >= epoch else math.nan
-
-
-# ---- a spec's tiered rule on paired intervals, in three-valued logic ----------------------------
-# Each atom is True (the whole interval satisfies it), False (the whole interval violates it) or
-# None (the interval straddles the threshold: undecided).
-
-def at_most(p: Paired, t: float) -> bool | None:
-    """The mean of ``p`` is at most ``t``: True if the interval lies at or below, False if above."""
-    lo, hi = p.interval
-    return True if hi <= t else False if lo > t else None
-
-
-def at_least(p: Paired, t: float) -> bool | None:
-    """The mean of ``p`` is at least ``t``: True if the interval lies at or above, False if below."""
-    lo, hi = p.interval
-    return True if lo >= t else False if hi < t else None
-
-
-def below(p: Paired, t: float = 0.0) -> bool | None:
-    """The mean of ``p`` is strictly below ``t``: True if the interval lies below, False if it lies
-    at or above, else undecided (:func:`replib.claims.decide_side` with ``claimed="below"``)."""
-    return {Verdict.REPLICATED: True, Verdict.NOT_REPLICATED: False}.get(
-        decide_side(p, claimed="below", threshold=t))
-
-
-def all3(*xs: bool | None) -> bool | None:
-    """Kleene conjunction: False if any is False, True if all are True, else undecided."""
-    return False if any(x is False for x in xs) else True if all(x is True for x in xs) else None
-
-
-def any3(*xs: bool | None) -> bool | None:
-    """Kleene disjunction: True if any is True, False if all are False, else undecided."""
-    return True if any(x is True for x in xs) else False if all(x is False for x in xs) else None
-
-
-def tiered(full: bool | None, partial: bool | None = False) -> Verdict:
-    """A spec's rule "replicated if FULL; partially if PARTIAL; not replicated otherwise", decided only
-    where the intervals decide it: replicated if FULL surely holds; partially if FULL surely fails and
-    PARTIAL surely holds; not replicated if both surely fail; inconclusive otherwise. Pass
-    ``partial=False`` where the spec has no partial tier."""
-    if full is True:
-        return Verdict.REPLICATED
-    if full is False and partial is True:
-        return Verdict.PARTIAL
-    if full is False and partial is False:
-        return Verdict.NOT_REPLICATED
-    return Verdict.INCONCLUSIVE
 
 
 def findings_markdown(claims: dict, *, scale: str) -> Any:

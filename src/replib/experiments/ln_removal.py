@@ -6,7 +6,7 @@ vanilla fine-tuning, fine-tuning with the LN-removal schedule (our procedure, an
 code's default flags as a side arm), and instant removal (every LN frozen to its average std, no
 fine-tuning). The fine-tuning arms share one learning-rate grid (:func:`ft_runner` for
 :func:`replib.train.lr_sweep`), chosen on validation windows and judged on separate test windows
-(:func:`val_test_windows`).
+(:func:`replib.data.lm_splits` with ``windows=bos_eval_windows``).
 """
 from __future__ import annotations
 
@@ -144,14 +144,6 @@ def direct_effect_error(model, idx: torch.Tensor) -> float:
         dla = m.head((c - c.mean(-1, keepdim=True)) / s * nf.weight)
         errs.append(float((dla - de).norm() / de.norm()))
     return max(errs)
-
-
-def val_test_windows(heldout: torch.Tensor, seq_len: int, n_windows: int, device="cpu"):
-    """BOS evaluation windows from the two halves of the held-out tokens: validation (first half,
-    to choose learning rates) and test (second half, to judge)."""
-    half = len(heldout) // 2
-    return (bos_eval_windows(heldout[:half], seq_len, n_windows, device),
-            bos_eval_windows(heldout[half:], seq_len, n_windows, device))
 
 
 FT_ARMS = ("vanilla FT", "removal FT", "removal FT, official default flags")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..claims import Health, Rule, Verdict, decide_side, paired
+from ..claims import Health, Rule, Verdict, all_of, decide_side, gate_note, graded, log_paired, paired
 from ..data import lm_batches, load_tabular, minibatches
 from ..nn import (
     GPTConfig,
@@ -39,7 +39,6 @@ from ..runtime import seed_everything, torch_threads
 from ..train import History, Sweep, adamw, train, warmup_cosine
 from ..train import lr_sweep as _lr_sweep
 from .layernorm import TrainValTest, carve_validation
-from .placement import all_of, gate_note, log_paired, with_partial_tier
 
 REPO_EMBED_STD = math.sqrt(2 / 5)  # nn.Embedding init std in pixeli99/MixLN (0.632)
 VARIANTS = {  # name -> GPTConfig placement keywords
@@ -232,7 +231,7 @@ def mix_quality_rule(health: Health) -> Rule:
             p = paired(m["Mix-LN"], m["Post-LN"], names=("Mix", "Post"))
             post_ok = decide_side(p, claimed="below") is Verdict.REPLICATED
             why.append(f"{p}")
-        return with_partial_tier(verdict, post_ok, why)
+        return graded(all_of(verdict, post_ok), verdict), "; ".join(why)
 
     return Rule(text, decide, health, ("Pre-LN", "Mix-LN"))
 

@@ -21,7 +21,7 @@ Outcome helpers: :func:`count_spikes`, :func:`is_divergent`, :func:`best_lr_rang
 
 Typical use::
 
-    data = lm_data(book_corpus().text, seq_len=64, val_windows=32, device=device)
+    data = lm_data(book_corpus().text, seq_len=64, val_windows=32, test_windows=32, device=device)
     run = run_placement("peri", seed=0, lr=3e-3, data=data, n_layer=8, d_model=64, n_head=4,
                         batch_size=16, steps=400, log_every=40, device=device)
     run.final_val_bpb, run.residual_std[-1], run.grad_norms[-1]
@@ -35,8 +35,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..claims import Health, Paired, Rule, Stat, Verdict, decide_side, paired
-from ..data import ByteTokenizer, lm_batches, lm_eval_windows, split_tokens
+from ..claims import Health, Rule, Verdict, all_of, decide_side, gate_note, graded, log_paired, paired
+from ..data import TextSplits, lm_batches, lm_splits
 from ..nn import GPTConfig, TinyGPT, block_grad_norms, hidden_states
 from ..runtime import seed_everything, torch_threads
 from ..show import explorer
@@ -55,30 +55,28 @@ class LMData:
     val_y: torch.Tensor
     probe: torch.Tensor  # (n_probe, seq_len): where residual statistics are measured
     seq_len: int
-    test_x: torch.Tensor | None = None  # (n_test, seq_len): a second held-out half (lm_data_split)
+    test_x: torch.Tensor | None = None  # (n_test, seq_len): the second held-out half (when asked for)
     test_y: torch.Tensor | None = None
 
+    @classmethod
+    def of(cls, splits: TextSplits, probe_windows: int = 8, *, test: bool = True) -> "LMData":
+        """The runs' data from :func:`replib.data.lm_splits`; the probe batch is the first
+        ``probe_windows`` validation windows. ``test=False`` leaves the test windows out (then
+        :func:`run_placement` does not score them; the caller keeps and scores them itself)."""
+        vx, vy = splits.val
+        tx, ty = splits.test if test and splits.test is not None else (None, None)
+        return cls(splits.train, vx, vy, vx[:probe_windows], vx.shape[-1], tx, ty)
 
-def lm_data(text: str, seq_len: int, val_windows: int, probe_windows: int = 8,
+
+def lm_data(text: str, seq_len: int, val_windows: int, test_windows: int = 0, probe_windows: int = 8,
             val_fraction: float = 0.1, device: torch.device | str = "cpu") -> LMData:
-    """Byte-tokenise ``text``; the last ``val_fraction`` is held out for validation and probing."""
-    tokens = ByteTokenizer().encode(text)
-    train_tok, val_tok = split_tokens(tokens, val_fraction)
-    vx, vy = lm_eval_windows(val_tok, seq_len, val_windows, device)
-    return LMData(train_tok, vx, vy, vx[:probe_windows], seq_len)
-
-
-def lm_data_split(text: str, seq_len: int, val_windows: int, test_windows: int,
-                  probe_windows: int = 8, val_fraction: float = 0.1,
-                  device: torch.device | str = "cpu") -> LMData:
-    """Like :func:`lm_data`, with the held-out tail cut in two halves: validation windows from the
-    first half (to choose a learning rate on) and test windows from the second (to judge on)."""
-    tokens = ByteTokenizer().encode(text)
-    train_tok, held = split_tokens(tokens, val_fraction)
-    val_tok, test_tok = split_tokens(held, 0.5)
-    vx, vy = lm_eval_windows(val_tok, seq_len, val_windows, device)
-    tx, ty = lm_eval_windows(test_tok, seq_len, test_windows, device)
-    return LMData(train_tok, vx, vy, vx[:probe_windows], seq_len, tx, ty)
+    """Byte-tokenise ``text`` and cut it with :func:`replib.data.lm_splits`: the last
+    ``val_fraction`` is held out; with ``test_windows`` it is cut in two halves, validation windows
+    from the first (to choose a learning rate on, and to probe) and test windows from the second
+    (to judge on); with ``test_windows=0`` the whole tail gives validation windows and there is no
+    test set."""
+    return LMData.of(lm_splits(text, seq_len, val_windows, test_windows, held_out=val_fraction,
+                               device=device), probe_windows)
 
 
 @dataclass
@@ -330,10 +328,10 @@ def per_seed_events(runs: Iterable[PlacementRun], seeds: Sequence[int]) -> list[
 
 
 __all__ = ["LMData", "PlacementRun", "at_best", "best_lr_range", "coefficient_of_variation",
-           "all_of", "count_norms", "count_spikes", "fit_r2", "gate_note", "gradient_rule", "growth_rule",
-           "is_divergent", "lm_data", "lm_data_split", "log_paired", "peri_quality_rule", "stability_rule",
+           "count_norms", "count_spikes", "fit_r2", "gradient_rule", "growth_rule",
+           "is_divergent", "lm_data", "peri_quality_rule", "stability_rule",
            "lr_sweep", "per_seed_events", "placement_sweep", "run_placement", "select",
-           "sweep_record", "val_loss", "with_partial_tier"]
+           "sweep_record", "val_loss"]
 
 
 def lr_stability_explorer(data: LMData, *, n_layer: int = 6, d_model: int = 64, n_head: int = 4,
@@ -369,41 +367,8 @@ def lr_stability_explorer(data: LMData, *, n_layer: int = 6, d_model: int = 64, 
 
 # ----------------------------------------------------------------- chapter 05's verdict rules
 # Each rule is decided on paired per-seed differences (replib.claims.paired, a Student-t
-# interval) after the health gates; the chapter declares them before its learning-rate sweep.
-
-def all_of(*verdicts: Verdict) -> Verdict:
-    """A conjunction of parts: replicated when every part is, not replicated when any part is
-    (the claim as a whole is then contradicted), inconclusive otherwise."""
-    if all(v is Verdict.REPLICATED for v in verdicts):
-        return Verdict.REPLICATED
-    if any(v is Verdict.NOT_REPLICATED for v in verdicts):
-        return Verdict.NOT_REPLICATED
-    return Verdict.INCONCLUSIVE
-
-
-def log_paired(a: Stat | Sequence[float], b: Stat | Sequence[float] | float, *,
-               names: tuple[str, str]) -> Paired:
-    """Paired differences of logarithms, ``log a_s - log b_s`` (a ratio test: ``b`` may be one
-    constant, then it is a one-sample interval for ``log a`` against ``log b``)."""
-    a = a.values if isinstance(a, Stat) else tuple(a)
-    b = (b,) * len(a) if isinstance(b, (int, float)) else (b.values if isinstance(b, Stat) else tuple(b))
-    lg = lambda v: math.log(v) if math.isfinite(v) and v > 0 else math.nan  # noqa: E731
-    return paired([lg(x) for x in a], [lg(x) for x in b], names=names)
-
-
-def gate_note(health: Health, metrics, arm: str) -> str:
-    """Why ``arm`` is excluded from a part of a claim (it failed the health gate), or ""."""
-    failed = health.failures(metrics, [arm])
-    return "; ".join(failed)
-
-
-def with_partial_tier(main: Verdict, rest_holds: bool, why: Sequence[str]) -> tuple[Verdict, str]:
-    """The spec's three-tier quality rule (chapters 05 and 25): the main comparison decides unless it
-    holds; then the rest of the claim (Post-LN the worst) separates replicated from partially."""
-    if main is not Verdict.REPLICATED:
-        return main, "; ".join(why)
-    return (Verdict.REPLICATED if rest_holds else Verdict.PARTIAL), "; ".join(why)
-
+# interval) after the health gates, its parts combined by replib.claims (all_of, graded); the
+# chapter declares them before its learning-rate sweep.
 
 def peri_quality_rule(health: Health) -> Rule:
     """C1: Peri-LN below Pre-LN on test bits/byte, and Post-LN the worst (the spec's tiers)."""
@@ -437,7 +402,7 @@ def peri_quality_rule(health: Health) -> Rule:
             post_ok = worst or top_div
             why += [f"{p}" for p in vs]
             why.append(f"Post part {'holds' if post_ok else 'does not hold'}")
-        return with_partial_tier(verdict, post_ok, why)
+        return graded(all_of(verdict, post_ok), verdict), "; ".join(why)
 
     return Rule(text, decide, health, ("pre", "peri"))
 

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..claims import Stat, Verdict, decide_side, paired
+from ..claims import Stat, Verdict, all_of, decide_side, paired
 from ..data import Split, minibatches
 from ..nn.residual import ResidualNet, ResidualTower
 from ..runtime import seed_everything
 from ..show import explorer
 from ..train import train, warmup_cosine
-from .tabular import accuracy, all_hold, loss_and_accuracy
+from .tabular import accuracy, loss_and_accuracy
 
 # The towers compared at initialisation (C2/C3-init): branch scaling and norm per arm.
 GROWTH_ARMS: dict[str, dict] = {
@@ -142,7 +142,7 @@ def c3b_decide(m: Mapping[str, Stat], depths: Sequence[int], *, chance: float, m
         why.append(f"n={n}: {p:.3g} -> {lag[-1].value}")
     if untrained:
         return Verdict.NOT_REPLICATED, "scaling did not make the nets train: " + "; ".join(untrained)
-    fv, lv = all_hold(fails), all_hold(lag)
+    fv, lv = all_of(*fails), all_of(*lag)
     if fv is Verdict.NOT_REPLICATED:
         return Verdict.NOT_REPLICATED, f"the unscaled net was not {worse:g} behind BN. " + " | ".join(why)
     if Verdict.INCONCLUSIVE in (fv, lv):
@@ -168,7 +168,7 @@ def c4_decide(m: Mapping[str, Stat], depths: Sequence[int],
             p = paired(a, b, names=(big, small))
             parts.append(decide_side(p, claimed="above"))
             why.append(f"n={n}: {p:.3g} -> {parts[-1].value}")
-    return all_hold(parts), " | ".join(why)
+    return all_of(*parts), " | ".join(why)
 
 
 SCALINGS = ("none", "1/sqrt(n)", "1/n")

@@ -34,7 +34,8 @@ from torch import nn
 
 from .. import claims as rc
 from .. import timing
-from ..data import ByteTokenizer, lm_eval_windows, minibatches, split_tokens
+from ..data import lm_splits as text_splits
+from ..data import minibatches
 from ..data.tabular import Split
 from ..nn import GPTConfig, TinyGPT
 from ..nn.vit import TinyViT
@@ -115,14 +116,11 @@ class LMSplits:
 
 def lm_splits(text: str, seq_len: int, val_windows: int, test_windows: int, probe_windows: int = 8,
               held_out: float = 0.1, device: torch.device | str = "cpu") -> LMSplits:
-    """Byte-tokenise ``text``; the last ``held_out`` fraction is cut in two halves: validation
-    windows from the first half, test windows from the second (no byte is in both)."""
-    tokens = ByteTokenizer().encode(text)
-    train_tok, rest = split_tokens(tokens, held_out)
-    val_tok, test_tok = rest[: len(rest) // 2], rest[len(rest) // 2:]
-    vx, vy = lm_eval_windows(val_tok, seq_len, val_windows, device)
-    tx, ty = lm_eval_windows(test_tok, seq_len, test_windows, device)
-    return LMSplits(LMData(train_tok, vx, vy, vx[:probe_windows], seq_len), tx, ty)
+    """:func:`replib.data.lm_splits` of ``text`` packaged for C1: the last ``held_out`` fraction cut
+    in two halves, validation windows from the first half, test windows from the second (no byte is
+    in both); the runs see only the validation windows."""
+    s = text_splits(text, seq_len, val_windows, test_windows, held_out=held_out, device=device)
+    return LMSplits(LMData.of(s, probe_windows, test=False), *s.test)
 
 
 def c1_point(label: str, lr: float, seed: int, splits: LMSplits, **size) -> dict:
@@ -174,12 +172,7 @@ def beats_rule(method: str, base: str, other: str, *, metric: str, health: rc.He
             b = rc.paired(m[method], d, names=(method, other), confidence=confidence)
             vb, why_b = rc.decide_side(b, claimed="below"), f"{b}"
         why = f"{a}; {why_b}"
-        parts = [va] + ([vb] if vb is not None else [])
-        if rc.Verdict.NOT_REPLICATED in parts:
-            return rc.Verdict.NOT_REPLICATED, why
-        if rc.Verdict.INCONCLUSIVE in parts:
-            return rc.Verdict.INCONCLUSIVE, why
-        return rc.Verdict.REPLICATED, why
+        return rc.all_of(va, *([vb] if vb is not None else [])), why
 
     return rc.Rule(text, decide, health, (method, base))
 

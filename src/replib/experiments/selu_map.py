@@ -14,11 +14,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..claims import Stat, Verdict, decide_side, paired
+from ..claims import Stat, Verdict, all_of, any_of, decide_side, graded, k_of, paired
 from ..nn import selu as snn
 from ..show import explorer
 from . import tabular as tab
-from .tabular import all_hold, at_least, two_part_tiers
 
 DEFAULT_STARTS = ((0.0, 1.0), (0.5, 2.0), (0.5, 0.3), (-0.4, 2.4), (0.4, 0.35))
 
@@ -95,7 +94,8 @@ def c2_decide(m: Mapping[str, Stat], depths: Sequence[int], a: str = "SELU",
               b: str = "ReLU+BN") -> tuple[Verdict, str]:
     """C2: ``a``'s training loss is no higher than ``b``'s at every depth (paired interval of the
     difference below 0), and ``a``'s roughness is lower than ``b``'s at >= 2/3 of the depths;
-    :func:`two_part_tiers` combines the two parts (the spec's partial tier)."""
+    the spec's tiers: both parts hold -> replicated, one holds and the other is refuted -> partially,
+    both refuted -> not replicated, a part undecided -> inconclusive (:func:`replib.claims.graded`)."""
     loss, rough, why = [], [], []
     for d in depths:
         pl = paired(m[f"train loss, {a}, d={d}"], m[f"train loss, {b}, d={d}"], names=(a, b))
@@ -103,17 +103,19 @@ def c2_decide(m: Mapping[str, Stat], depths: Sequence[int], a: str = "SELU",
         loss.append(decide_side(pl, claimed="below"))
         rough.append(decide_side(pr, claimed="below"))
         why.append(f"d={d}: loss {pl:.3g} -> {loss[-1].value}; roughness {pr:.3g} -> {rough[-1].value}")
-    lv, rv = all_hold(loss), at_least(rough, math.ceil(2 * len(depths) / 3))
-    return two_part_tiers(lv, rv), f"loss part {lv.value}, roughness part {rv.value}. " + " | ".join(why)
+    lv, rv = all_of(*loss), k_of(math.ceil(2 * len(depths) / 3), *rough)
+    why = f"loss part {lv.value}, roughness part {rv.value}. " + " | ".join(why)
+    return graded(all_of(lv, rv), any_of(lv, rv)), why
 
 
 def versus_all(m: Mapping[str, Stat], key: str, ours: str, others: Sequence[str], *,
                claimed: str) -> tuple[Verdict, str]:
     """``ours`` beats every one of ``others`` on ``key`` (``m[f"{key}, {arm}"]``): the paired
-    interval of ``ours - other`` lies on the ``claimed`` side of 0 for each (:func:`all_hold`)."""
+    interval of ``ours - other`` lies on the ``claimed`` side of 0 for each
+    (:func:`replib.claims.all_of`)."""
     parts, why = [], []
     for o in others:
         p = paired(m[f"{key}, {ours}"], m[f"{key}, {o}"], names=(ours, o))
         parts.append(decide_side(p, claimed=claimed))
         why.append(f"{p:.3g} -> {parts[-1].value}")
-    return all_hold(parts), "; ".join(why)
+    return all_of(*parts), "; ".join(why)

@@ -1,6 +1,6 @@
 """Runners for MLP classifiers on scikit-learn's tabular data: train/validation/test splits, one
-training run, selection on validation, k-fold CV, ranks; and helpers that combine per-part
-paired-interval verdicts into one claim.
+training run, selection on validation, k-fold CV, ranks. (Per-part verdicts are combined into
+one claim by :mod:`replib.claims`: :func:`~replib.claims.all_of`, :func:`~replib.claims.k_of`.)
 
 Reusable by any chapter that trains a fully-connected classifier on a :class:`replib.data.Split`
 (first used by chapter 16, self-normalizing networks; chapter 23 uses it too).
@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from ..claims import Verdict
 from ..data import Split, minibatches
 from ..data.tabular import load_arrays
 from ..runtime import seed_everything
@@ -192,34 +191,3 @@ def average_ranks(scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]
             ties = np.sum(vals == vals[i])  # includes itself
             ranks[m].append(better + (ties + 1) / 2)
     return {m: float(np.mean(r)) for m, r in ranks.items()}
-
-
-# ---- combining per-part decisions (each part a paired-interval verdict) into one claim -----------
-# (candidates for replib.claims; kept here, in the experiments layer, until they move there)
-
-def all_hold(parts: Sequence[Verdict]) -> Verdict:
-    """Every part must hold: replicated if all are, not replicated if one is refuted, else inconclusive."""
-    if all(v is Verdict.REPLICATED for v in parts):
-        return Verdict.REPLICATED
-    return Verdict.NOT_REPLICATED if Verdict.NOT_REPLICATED in parts else Verdict.INCONCLUSIVE
-
-
-def at_least(parts: Sequence[Verdict], k: int) -> Verdict:
-    """At least ``k`` parts must hold: replicated once ``k`` are, not replicated once more than
-    ``len(parts) - k`` are refuted (``k`` can no longer be reached), inconclusive otherwise."""
-    if sum(v is Verdict.REPLICATED for v in parts) >= k:
-        return Verdict.REPLICATED
-    if sum(v is Verdict.NOT_REPLICATED for v in parts) > len(parts) - k:
-        return Verdict.NOT_REPLICATED
-    return Verdict.INCONCLUSIVE
-
-
-def two_part_tiers(first: Verdict, second: Verdict) -> Verdict:
-    """The spec's three tiers for a two-part claim: both hold -> replicated; exactly one holds and
-    the other is refuted -> partially; both refuted -> not replicated; any part undecided ->
-    inconclusive."""
-    if first is second and first in (Verdict.REPLICATED, Verdict.NOT_REPLICATED):
-        return first
-    if {first, second} == {Verdict.REPLICATED, Verdict.NOT_REPLICATED}:
-        return Verdict.PARTIAL
-    return Verdict.INCONCLUSIVE

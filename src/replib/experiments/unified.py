@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
 from ..claims import Verdict, decide_side, paired
-from ..data import ByteTokenizer, lm_eval_windows, load_tabular, minibatches, split_tokens
+from ..data import lm_splits as text_splits
+from ..data import load_tabular, minibatches
 from ..data.tabular import Split, load_arrays
 from ..data.text import unigram_loss
 from ..nn import GPTConfig, TinyGPT
@@ -67,16 +68,13 @@ class LMSplits:
 
 def lm_splits(text: str, seq_len: int, windows: int, val_fraction: float = 0.1,
               device: torch.device | str = "cpu") -> LMSplits:
-    """Byte-tokenise ``text``; the last ``val_fraction`` is held out and cut in two halves: the
-    first gives ``windows`` validation windows (learning-rate selection, the logged curves), the
-    second ``windows`` test windows (the verdicts)."""
-    tokens = ByteTokenizer().encode(text)
-    train_tok, held = split_tokens(tokens, val_fraction)
-    half = len(held) // 2
-    vx, vy = lm_eval_windows(held[:half], seq_len, windows, device)
-    tx, ty = lm_eval_windows(held[half:], seq_len, windows, device)
-    data = LMData(train_tok, vx, vy, vx[:8], seq_len)
-    return LMSplits(data, tx, ty, unigram_loss(train_tok, ty) / LN2)
+    """:func:`replib.data.lm_splits` of ``text`` packaged for this chapter: the last
+    ``val_fraction`` held out and cut in two halves, the first giving ``windows`` validation windows
+    (learning-rate selection, the logged curves), the second ``windows`` test windows (the
+    verdicts); and the byte-unigram test loss."""
+    s = text_splits(text, seq_len, windows, windows, held_out=val_fraction, device=device)
+    tx, ty = s.test
+    return LMSplits(LMData.of(s, test=False), tx, ty, unigram_loss(s.train, ty) / LN2)
 
 
 def run_lm(norm: str, seed: int, data: LMData, *, norm_kwargs: dict | None = None,
