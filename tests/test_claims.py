@@ -186,8 +186,8 @@ def test_parts_are_three_valued_on_paired_intervals():
     assert at_most(HOLDS, 0.7) is True and at_most(HOLDS, 0.45) is False and at_most(WIDE, 0.7) is None
     assert at_least(HOLDS, 0.45) is True and at_least(HOLDS, 0.7) is False and at_least(WIDE, 0.7) is None
     assert below(HOLDS, 0.7) is True and below(HOLDS, 0.3) is False and below(WIDE, 0.7) is None
-    exact = paired([0.7, 0.7, 0.7], [0, 0, 0])  # a zero-width interval on the threshold
-    assert at_most(exact, 0.7) is True and at_least(exact, 0.7) is True and below(exact, 0.7) is False
+    exact = paired([0.5, 0.5, 0.5], [0, 0, 0])  # a zero-width interval on the threshold
+    assert at_most(exact, 0.5) is True and at_least(exact, 0.5) is True and below(exact, 0.5) is False
     assert [holds(x) for x in (R, N, I, Verdict.PARTIAL, True, False, None, np.True_)] == [
         True, False, None, None, True, False, None, True]
 
