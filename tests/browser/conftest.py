@@ -75,10 +75,15 @@ def page(browser):
 
 
 @pytest.fixture(params=list(VIEWPORTS))
-def any_page(browser, request):
-    """A page at each viewport; ``any_page.viewport`` names it."""
-    context, pg = _page(browser, request.param)
-    pg.viewport = request.param
+def viewport(request) -> str:
+    """Each viewport's name in turn ("desktop", "phone")."""
+    return request.param
+
+
+@pytest.fixture
+def any_page(browser, viewport):
+    """A page at each viewport (the test's ``viewport`` argument names it)."""
+    context, pg = _page(browser, viewport)
     yield pg
     context.close()
 

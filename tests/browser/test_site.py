@@ -85,7 +85,7 @@ def test_chapter_page_has_a_loaded_retina_figure_header_and_verdict_table(site, 
 
 
 @pytest.mark.parametrize("cid", IDS)
-def test_chapter_opens_with_the_paper_colab_and_results_at_a_glance(site, any_page, cid):
+def test_chapter_opens_with_the_paper_colab_and_results_at_a_glance(site, any_page, viewport, cid):
     pg = any_page
     pg.goto(f"{site}/notebooks/{cid}.html")
     head = pg.locator(".replib-paper")
@@ -152,7 +152,7 @@ def test_code_serves_the_story(site, page, cid):
 
 # ---------------------------------------------------------------- landing page and scoreboard
 
-def test_landing_page_rolls_every_chapter_up(site, any_page):
+def test_landing_page_rolls_every_chapter_up(site, any_page, viewport):
     pg = any_page
     pg.goto(f"{site}/index.html")
     text = pg.locator("article").inner_text()
@@ -169,10 +169,10 @@ def test_landing_page_rolls_every_chapter_up(site, any_page):
     assert planned.count() == len(PAPERS) - len(written)
     assert all("planned" in t for t in planned.all_inner_texts())
     SHOTS.mkdir(parents=True, exist_ok=True)
-    pg.screenshot(path=str(SHOTS / f"landing-{pg.viewport}.png"), full_page=True)
+    pg.screenshot(path=str(SHOTS / f"landing-{viewport}.png"), full_page=True)
 
 
-def test_scoreboard_groups_chapters_and_links_each_claim_to_its_section(site, any_page):
+def test_scoreboard_groups_chapters_and_links_each_claim_to_its_section(site, any_page, viewport):
     pg = any_page
     pg.goto(f"{site}/book/scoreboard.html")
     table = pg.locator("table.replib-scoreboard")
@@ -184,7 +184,7 @@ def test_scoreboard_groups_chapters_and_links_each_claim_to_its_section(site, an
     claim_links = [h for h in hrefs if "#claim-" in h]
     assert claim_links, "no claim links to sections"
     SHOTS.mkdir(parents=True, exist_ok=True)
-    pg.screenshot(path=str(SHOTS / f"scoreboard-{pg.viewport}.png"), full_page=True)
+    pg.screenshot(path=str(SHOTS / f"scoreboard-{viewport}.png"), full_page=True)
 
 
 def test_every_claim_link_lands_on_an_existing_anchor(site, page):
@@ -221,13 +221,13 @@ def test_numbers_are_formatted_by_their_uncertainty(site, page):
 # ---------------------------------------------------------------- every page, both viewports
 
 @pytest.mark.parametrize("path", PAGES)
-def test_no_console_errors_and_no_widget_or_require_scripts(site, any_page, path):
+def test_no_console_errors_and_no_widget_or_require_scripts(site, any_page, viewport, path):
     pg = any_page
     errors = _watch_console(pg, site)
     pg.goto(f"{site}/{path}")
     pg.wait_for_load_state("load")
     pg.wait_for_timeout(300)
-    assert not errors, f"{path} ({pg.viewport}): {errors}"
+    assert not errors, f"{path} ({viewport}): {errors}"
     scripts = pg.locator("script[src]").evaluate_all("ss => ss.map(s => s.src)")
     assert not [s for s in scripts if "require" in s or "html-manager" in s], scripts
 
@@ -333,10 +333,10 @@ def test_one_search_box(site, any_page):
     assert boxes <= 1, f"{boxes} visible search boxes"
 
 
-def test_screenshot_of_one_chapter(site, any_page):
+def test_screenshot_of_one_chapter(site, any_page, viewport):
     cid = "03-layernorm" if "03-layernorm" in IDS else IDS[0]
     any_page.goto(f"{site}/notebooks/{cid}.html")
     SHOTS.mkdir(parents=True, exist_ok=True)
-    shot = SHOTS / f"chapter-{cid}-{any_page.viewport}.png"
+    shot = SHOTS / f"chapter-{cid}-{viewport}.png"
     any_page.screenshot(path=str(shot), full_page=False)
     assert shot.stat().st_size > 10_000

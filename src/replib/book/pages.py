@@ -1,15 +1,23 @@
-"""What the site says at a glance, generated at build time from ``results/`` and the executions.
+"""What the site says at a glance, generated at build time from ``results/``, ``book/papers.yml``
+and the executions, so the stored notebooks stay clean and every chapter, new ones too, gets it:
 
-- the **scoreboard** (``book/scoreboard.md`` includes ``_generated/scoreboard.md``): one row per
-  chapter and claim, from the best scale on record (gpu over cpu over smoke; smoke is marked
-  *pipeline check only* and never counted as a result);
+- the **landing page** (``book/intro.md`` includes ``_generated/landing.md``): how many of the
+  papers have a chapter, a roll-up per chapter, a chapters x claims grid coloured by verdict, and
+  the planned papers;
+- the **scoreboard** (``book/scoreboard.md`` includes ``_generated/scoreboard.md``): every claim,
+  grouped by chapter under a one-line roll-up, from the best scale on record (gpu over cpu over
+  smoke; smoke is marked *pipeline check only* and never counted as a result), each claim linking
+  to its section;
 - the **status page** (``book/status.md`` includes ``_generated/status.md``): each chapter's last
-  execution against its scale's budget, cache state, failures, and the environment;
-- each chapter's **header**: a badge line (scale, device and hardware, seeds, wall time, replib
-  version and commit, date) and, when ``results/`` holds the chapter at another scale, those
-  verdicts beside this page's;
-- the staged notebooks' **install cell**, pinned to the commit the site is built from.
+  execution against its scale's budget, cache state, failures, the environment and the commit;
+- in each staged chapter: under the title the **paper** (authors, venue and year, arXiv and code
+  links), an **Open in Colab** badge at the build's commit and **Results at a glance**, then the
+  run's badges; a target on each claim's section; "What we learned" opened by the finding in one
+  sentence; the cells' tags (install, parameters and save cells removed, plotting and size cells
+  folded) and outputs scrubbed of widget views, object reprs and this machine's paths; a verdict
+  table from an older replib re-rendered; the install cell pinned to the build's commit.
 
+Numbers are shown by their uncertainty and badges in the colours of :mod:`replib.show`.
 Everything is regenerated on every build, so a result committed from a GPU run shows on a site
 built on a CPU without re-executing anything.
 """
@@ -209,7 +217,7 @@ def landing_markdown(root: Path, chapters: list[Chapter], results_root: Path,
                                                                unreadable):
         paper = papers.get(ch.id)
         link = f'<a href="{chapter_href(ch)}">{_e(ch.id[:2])}. {_e(title)}</a>'
-        cite = (f"{_e(_short_authors(paper['authors'], 1))}, {_e(paper['venue'])}"
+        cite = (f"{_e(_short_authors(paper['authors'], 1))}, {_e(_venue(paper))}"
                 if paper else "benchmark")
         if record is None:
             state = (badge("results unreadable", VERDICT_COLORS["not replicated"]) if bad
@@ -243,7 +251,7 @@ def landing_markdown(root: Path, chapters: list[Chapter], results_root: Path,
              + "".join(rows) + "</tbody></table></div>")
     plan = "".join(
         f'<li>{_e(p["id"][:2])}. {_e(p["title"])} ({_e(_short_authors(p["authors"], 1))}, '
-        f'{_e(p["venue"])}; <a href="https://arxiv.org/abs/{_e(p["arxiv"])}">'
+        f'{_e(_venue(p))}; <a href="https://arxiv.org/abs/{_e(p["arxiv"])}">'
         f'arXiv:{_e(p["arxiv"])}</a>) <em>planned</em></li>' for p in planned)
     bench = (f" and {len(extra)} benchmark{'s' if len(extra) > 1 else ''} across them"
              if extra else "")
@@ -264,6 +272,12 @@ def landing_markdown(root: Path, chapters: list[Chapter], results_root: Path,
             f"## Planned chapters\n\n"
             f'<details class="replib-planned"><summary>{len(planned)} papers without a chapter '
             f"yet</summary><ul>{plan}</ul></details>\n")
+
+
+def _venue(paper: dict) -> str:
+    """"ICML 2020"; "arXiv preprint, 2016" (the year added where the venue lacks it)."""
+    year = str(paper.get("year", ""))
+    return paper["venue"] + ("" if not year or year in paper["venue"] else f", {year}")
 
 
 def _colors(claim: dict, scale: str) -> str:
@@ -422,7 +436,7 @@ def paper_markdown(paper: dict | None, colab: str) -> str:
         return f'<div class="replib-paper"><p>A benchmark of this book. {open_colab}</p></div>'
     authors = paper["authors"]
     names = ", ".join(authors[:8]) + (f" and {len(authors) - 8} more" if len(authors) > 8 else "")
-    venue = paper["venue"] + ("" if str(paper["year"]) in paper["venue"] else f", {paper['year']}")
+    venue = _venue(paper)
     code = (f'<a href="{_e(paper["code"])}">official code</a>' if paper.get("code")
             else "no official code found")
     return (f'<div class="replib-paper"><p class="replib-paper-cite"><b>{_e(paper["title"])}</b>'
@@ -515,7 +529,7 @@ def add_finding(nb, found: tuple[str, dict] | None) -> bool:
         if sentence and LEARNED_RE.search(cell.source):
             cell.source = LEARNED_RE.sub(
                 lambda m: f'{m.group(1)}\n\n<p class="replib-learned"><b>In one sentence.</b> '
-                          f"{_e(sentence)}</p>\n", cell.source, count=1)
+                          f"{html.escape(sentence, quote=False)}</p>\n", cell.source, count=1)
             return True
     return False
 
