@@ -1,5 +1,6 @@
 """The library floor: layers, models and instrumentation in plain PyTorch."""
 from .cnn import TinyCNN
+from .hypernet import HyperNet, PrimaryMLP  # chapter 01 (MIP hypernetworks)
 from .instrument import (
                          angular_distances,
                          block_grad_norms,
