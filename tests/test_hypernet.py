@@ -77,7 +77,8 @@ def test_output_split_init_fan_out_and_independent_weights_fan_in():
         if name.endswith(".bias"):
             assert torch.equal(th0, torch.zeros(n))
         else:
-            assert abs(th0.std().item() / (LEAKY_GAIN / math.sqrt(shape[1])) - 1) < 0.05, name
+            tol = 0.05 if n >= 5000 else 0.1  # the sample std of n draws is off by ~1/sqrt(2n)
+            assert abs(th0.std().item() / (LEAKY_GAIN / math.sqrt(shape[1])) - 1) < tol, name
     assert LEAKY_GAIN == pytest.approx(math.sqrt(2 / (1 + 0.01 ** 2)))
     for lin in hn.hidden:  # hidden layers: fan-out, biases 0
         assert torch.equal(lin.bias.detach(), torch.zeros_like(lin.bias))
