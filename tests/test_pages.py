@@ -256,12 +256,12 @@ def test_cells_are_tagged_and_outputs_scrubbed(tmp_path):
     injected.metadata["tags"] = ["injected-parameters"]
     sizes = nbformat.v4.new_code_cell("cfg = exp.sizes({})")
     figure = nbformat.v4.new_code_cell("fig, ax = plt.subplots()\nax.plot([1])")
-    record = nbformat.v4.new_code_cell("ax.plot(x)\nexp.record(judge('C1'))")
+    record = nbformat.v4.new_code_cell("sweep = rl.lr_sweep(arms)\nax.plot(x)")
     table = nbformat.v4.new_code_cell("exp.verdict_table()")
     save = nbformat.v4.new_code_cell("exp.save()")
     save.outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "PosixPath('/x/y.json')"}),
                     nbformat.v4.new_output("stream", text=f"{tmp_path}/src/a.py:9: Warning\n")]
-    mixed = nbformat.v4.new_code_cell("display(exp.verdict_table())\nexp.save()")
+    mixed = nbformat.v4.new_code_cell("print(seconds)\ndisplay(exp.verdict_table())\nexp.save();")
     mixed.outputs = [nbformat.v4.new_output("stream", text="4 claims, 0 measurements recorded in "
                                             "01-a.json (wall time 27 s at scale smoke)\n")]
     echo = nbformat.v4.new_code_cell("claim.verdict.value")
@@ -292,5 +292,5 @@ def test_what_we_learned_opens_with_the_finding(book):
     assert pages.add_finding(nb, found) and pages.add_finding(nb, found)  # idempotent
     src = nb.cells[0].source
     assert src.count("replib-learned") == 1 and src.startswith("## What we learned\n\n<p")
-    assert "Of the paper's 1 claim we tested at gpu scale (1 seed (0)): C1 did not replicate." in src
+    assert "Of the paper's 1 claim we tested at gpu scale (1 seed (0)), not replicated: C1." in src
     assert src.endswith("Long text.")

@@ -481,7 +481,10 @@ def glance_markdown(chapter: Chapter, found: tuple[str, dict] | None, page_scale
 
 TARGET_RE = re.compile(r"^\(claim-[a-z0-9-]+\)=\n", re.M)
 FIGURE_RE = re.compile(r"plt\.(subplots|figure|show)\b|\bplotting\.|_figure\(|\bax\.|\baxes\[")
-SAVE_RE = re.compile(r"^\s*(\w+\.)?save\(\)\s*$")
+# Code that is the story (training, sweeps, recording a claim) stays in view beside its figure.
+STORY_RE = re.compile(r"\.record\(|\bjudge\(|\blr_sweep\(|\btrain\w*\(|_sweep\(|\bbenchmark\(|"
+                      r"\bfinetune\(|\bholdout\(|\brun_\w+\(|\bfit\(")
+SAVE_RE = re.compile(r"^\s*(\w+\s*=\s*)?(\w+\.)?save\(\)\s*;?\s*$")
 TABLE_RE = re.compile(r"^\s*(display\()?exp\.verdict_table\(\)\)?\s*$")
 # Bare reprs a cell's last expression leaves: paths, recorded claims, matplotlib objects.
 PATH_REPR_RE = re.compile(r"^((Posix|Windows)?Path\(|Claim\(|<Figure size|\[?<matplotlib\.|Text\(|"
@@ -494,11 +497,9 @@ OLD_TABLE_RE = re.compile(r"<th>verdict</th>\s*<th>qualified by</th>\s*<th>rule<
 LEARNED_RE = re.compile(r"^(#{2,3}\s+.*what we learned.*)$", re.I | re.M)
 FINDING_RE = re.compile(r"\n*<p class=\"replib-learned\">.*?</p>\n*", re.S)
 FINDING_WORDS = [(Verdict.REPLICATED, "replicated"), (Verdict.PARTIAL, "partially replicated"),
-                 (Verdict.NOT_REPLICATED, "did not replicate"),
-                 (Verdict.INCONCLUSIVE, "could not be decided (inconclusive)"),
-                 (Verdict.NOT_RUN, "were not run at this scale"),
-                 (Verdict.NOT_TESTABLE, "are not testable here"),
-                 (Verdict.REFERENCE, "hold by construction (reference checks)")]
+                 (Verdict.NOT_REPLICATED, "not replicated"), (Verdict.INCONCLUSIVE, "inconclusive"),
+                 (Verdict.NOT_RUN, "not run at this scale"), (Verdict.NOT_TESTABLE, "not testable"),
+                 (Verdict.REFERENCE, "reference checks (hold by construction)")]
 
 
 def finding_sentence(found: tuple[str, dict] | None) -> str:
@@ -511,11 +512,11 @@ def finding_sentence(found: tuple[str, dict] | None) -> str:
     for verdict, words in FINDING_WORDS:
         ids = [c["id"] for c in claims if Verdict(c["verdict"]) is verdict]
         if ids:
-            parts.append(f"{', '.join(ids)} {words}")
+            parts.append(f"{words}: {', '.join(ids)}")
     where = ("at smoke scale (a pipeline check, not a result)" if scale == "smoke"
              else f"at {scale} scale ({seeds_label(record['seeds'])})")
     n = f"{len(claims)} claim{'' if len(claims) == 1 else 's'}"
-    return f"Of the paper's {n} we tested {where}: " + "; ".join(parts) + "."
+    return f"Of the paper's {n} we tested {where}, " + "; ".join(parts) + "."
 
 
 def add_finding(nb, found: tuple[str, dict] | None) -> bool:
@@ -620,8 +621,8 @@ def polish_cells(nb, root: Path) -> None:
             _tag(cell, "remove-cell")
         elif TABLE_RE.match(src.strip()) or any(SAVE_RE.match(line) for line in lines):
             _tag(cell, "remove-input")  # the verdict table shows; the bookkeeping code does not
-        elif (".sizes(" in src or FIGURE_RE.search(src)) and not re.search(
-                r"\.record\(|judge\(", src) and "remove-input" not in tags:
+        elif ((".sizes(" in src or FIGURE_RE.search(src)) and not STORY_RE.search(src)
+              and "remove-input" not in tags):
             _tag(cell, "hide-input")
         outputs = []
         for out in cell.get("outputs", []):
