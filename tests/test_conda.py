@@ -1,5 +1,6 @@
 """Conda (chapter 30) against the official code's update, transcribed: jie040109/Conda @ 449af71,
 conda_torch/conda.py (Conda.step) and conda_torch/projector.py (CondaProjector, proj_type 'std')."""
+import copy
 import io
 import math
 
@@ -72,6 +73,10 @@ def test_svd_only_every_gap_steps():
     for _ in range(10):
         p.grad = torch.randn(6, 4); opt.step(); counts.append(opt.n_svd)
     assert counts == [1, 1, 1, 1, 2, 2, 2, 2, 3, 3]
+    q, twin = copy.deepcopy((p, opt))  # Optimizer.__getstate__ keeps only the state: the copy must still step
+    for _ in range(3):
+        q.grad = torch.randn(6, 4); twin.step()
+    assert twin.state[q]["step"] == 13 and twin.n_svd == 1  # the copy's own count: one SVD, at step 12
 
 
 def test_identity_basis_is_adam():

@@ -65,6 +65,9 @@ def project_back(x: torch.Tensor, ortho: torch.Tensor, scale: float = 1.0) -> to
 class Conda(torch.optim.Optimizer):
     """Conda for groups with ``conda=True`` (the default; 2-D parameters only), AdamW otherwise."""
 
+    n_svd: int = 0  # SVDs taken by this instance (a count for tests and timing, not state; a class
+    # default, so a copy made through Optimizer.__getstate__, which keeps only the state, still counts)
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, update_proj_gap: int = 2000,
                  scale: float = 1.0, proj_type: str = "std", conda: bool = True):
@@ -82,7 +85,6 @@ class Conda(torch.optim.Optimizer):
                                       "(the official default; its other types fail on non-square weights)")
                 for p in group["params"]:
                     check_matrix(p, "Conda")
-        self.n_svd = 0  # SVDs taken by this instance (a count for tests and timing, not state)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
