@@ -107,3 +107,69 @@ def layer_drop_deltas(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Ten
         with skip_block(model, i):
             deltas.append(float(loss_fn(model)) - base)
     return deltas
+
+
+# --------------------------------------------------------------------------------------------------
+# Plasticity instruments (chapter 12, Normalize-and-Project): parameter norms, the effective
+# learning rate they imply for scale-invariant layers, and dormant ReLU units.
+
+def weight_norms(tensors) -> list[float]:
+    r"""Frobenius norm :math:`\lVert W\rVert_F` of each tensor (or of each tuple, jointly)."""
+    out = []
+    for t in tensors:
+        group = (t,) if isinstance(t, torch.Tensor) else tuple(t)
+        # float64 stays float64 (exact checks); half precision is summed in float32
+        out.append(float(sum((x.detach() if x.dtype == torch.float64 else x.detach().float()).pow(2).sum()
+                             for x in group).sqrt()))
+    return out
+
+
+def effective_lr(lr: float, norms, kind: str = "sgd") -> list[float]:
+    r"""The effective learning rate of a scale-invariant layer with weight norm :math:`\lVert W\rVert`:
+    :math:`\eta/\lVert W\rVert^2` under SGD (the step on the unit sphere), :math:`\eta/\lVert W\rVert`
+    under Adam (whose step does not scale with the gradient)."""
+    powers = {"sgd": 2.0, "adam": 1.0}
+    if kind not in powers:
+        raise ReplibError(f"unknown optimizer kind {kind!r}; valid: {', '.join(powers)}")
+    return [lr / float(n) ** powers[kind] for n in norms]
+
+
+@contextmanager
+def capture_activations(model: nn.Module, types: tuple[type, ...] = (nn.ReLU,)) -> Iterator[list[torch.Tensor]]:
+    """Collect the (detached) outputs of every module of ``types`` in forward order."""
+    acts: list[torch.Tensor] = []
+    mods = [m for m in model.modules() if isinstance(m, types)]
+    if not mods:
+        raise ReplibError(f"{type(model).__name__} has no {', '.join(t.__name__ for t in types)} module to watch")
+    handles = [m.register_forward_hook(lambda m, args, out: acts.append(out.detach())) for m in mods]
+    try:
+        yield acts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def dormant_units(acts: list[torch.Tensor], tau: float = 0.0) -> list[torch.Tensor]:
+    r"""Per layer, a boolean per unit: dormant on the probe batch.
+
+    ReDo's score (Sokar et al. 2023): :math:`s_i = \mathbb E_x|h_i(x)| \,/\, \tfrac1H\sum_j
+    \mathbb E_x|h_j(x)|`; unit :math:`i` is :math:`\tau`-dormant when :math:`s_i\le\tau`. With
+    ``tau=0`` a unit is dormant when it is zero on every probe input (a dead ReLU). Units are the
+    last dimension; every other dimension (batch, positions) is averaged.
+    """
+    out = []
+    for a in acts:
+        score = a.abs().reshape(-1, a.shape[-1]).float().mean(0)
+        if tau > 0:
+            score = score / score.mean().clamp_min(1e-12)
+        out.append(score <= tau)
+    return out
+
+
+def dormant_fraction(acts: list[torch.Tensor], tau: float = 0.0) -> float:
+    """The fraction of all units (every layer together) that are dormant on the probe batch."""
+    flags = dormant_units(acts, tau)
+    total = sum(f.numel() for f in flags)
+    if not total:
+        raise ReplibError("no units to count")
+    return float(sum(int(f.sum()) for f in flags)) / total
