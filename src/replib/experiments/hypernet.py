@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 
 from .. import claims as rc
 from ..data import load_tabular
@@ -33,6 +31,7 @@ from ..data.tabular import minibatches
 from ..nn.hypernet import HyperNet, PrimaryMLP
 from ..runtime import seed_everything
 from ..train import train
+from .layernorm import TrainValTest, carve_validation
 
 ARMS: dict[str, dict] = {
     "default": dict(encoding=None, additive=False),
@@ -46,25 +45,12 @@ HIDDEN = (16, 64, 128)  # the library README's example
 REG = 1e-3  # c in the loss
 
 
-@dataclass
-class Digits:
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-
-def digits_splits(device: torch.device | str = "cpu") -> Digits:
+def digits_splits(device: torch.device | str = "cpu") -> TrainValTest:
     """``load_digits`` standardised, stratified 80/20 train/test (seed 0); 20 % of the training
-    images (stratified, seed 0) held out for validation."""
-    s = load_tabular("digits", seed=0)
-    idx = np.arange(len(s.y_train))
-    tr, va = train_test_split(idx, test_size=0.2, random_state=0, stratify=s.y_train.numpy())
-    tr, va = torch.as_tensor(tr), torch.as_tensor(va)
-    t = [s.x_train[tr], s.y_train[tr], s.x_train[va], s.y_train[va], s.x_test, s.y_test]
-    return Digits(*(a.to(device) for a in t))
+    images (stratified, seed 0) held out for validation (chapter 03's :func:`carve_validation`)."""
+    d = carve_validation(load_tabular("digits", seed=0), 0.2, seed=0)
+    return TrainValTest(*(t.to(device) for t in (d.x_train, d.y_train, d.x_val, d.y_val, d.x_test, d.y_test)),
+                        d.n_classes)
 
 
 def make(arm: str, seed: int, hidden=HIDDEN, primary=PRIMARY, device="cpu") -> tuple[HyperNet, PrimaryMLP]:
@@ -113,7 +99,7 @@ def first_step_at_least(steps, values, target: float) -> float:
     return math.inf
 
 
-def run(arm: str, optimizer: str, lr: float, seed: int, data: Digits, *, steps: int, eval_every: int,
+def run(arm: str, optimizer: str, lr: float, seed: int, data: TrainValTest, *, steps: int, eval_every: int,
         batch_size: int = 128, reg: float = REG, target: float = 0.9, hidden=HIDDEN, progress: bool = False) -> dict:
     """Train one hypernetwork; the same seed gives the same gamma draws and batches to every arm.
 

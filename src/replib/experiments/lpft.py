@@ -219,7 +219,7 @@ def fit_temperature(logits: torch.Tensor, y: torch.Tensor, iters: int = 200) -> 
         loss.backward()
         return loss
     opt.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def feature_change(phi0: torch.Tensor, phi: torch.Tensor) -> float:
