@@ -154,7 +154,7 @@ def random_label_run(arm: str, lr: float, seed: int, *, n_images: int = 1000, ta
             out["norms"].append(norms)
             out["elr"].append(effective_lr(lr, norms, "adam"))
             out["dormant"].append(probe_dormant(model, x[:probe]))
-            out["loss"].append(float(loss))
+            out["loss"].append(float(loss.detach()))
         out["cpu_s"] = time.process_time() - t0
     out["init_norms"] = init
     out["mean_acc"] = float(np.mean(out["acc"]))
