@@ -16,17 +16,31 @@ def _script_key(js) -> tuple:
     return (getattr(js, "filename", None) or str(js), attributes.get("body", ""))
 
 
-def unique_scripts(app, pagename, templatename, context, doctree) -> None:
-    scripts, seen = [], set()
-    for js in context.get("script_files", []):
+def _unique(scripts) -> list:
+    kept, seen = [], set()
+    for js in scripts:
         key = _script_key(js)
         if key in seen or any(d in str(key[0]) for d in DROPPED):
             continue
         seen.add(key)
-        scripts.append(js)
-    context["script_files"] = scripts
+        kept.append(js)
+    return kept
+
+
+def unique_builder_scripts(app, env) -> None:
+    """Once the sources are read: the builder's script list without repeats (every page's)."""
+    for name in ("_js_files", "_orig_js_files"):
+        scripts = getattr(app.builder, name, None)
+        if isinstance(scripts, list):
+            scripts[:] = _unique(scripts)
+
+
+def unique_scripts(app, pagename, templatename, context, doctree) -> None:
+    """And each page's, for scripts added while the page is written."""
+    context["script_files"] = _unique(context.get("script_files", []))
 
 
 def setup(app):
+    app.connect("env-updated", unique_builder_scripts)
     app.connect("html-page-context", unique_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
