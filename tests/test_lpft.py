@@ -32,6 +32,27 @@ def test_ntk_decomposition_equals_autograd_ntk():
     assert tf == pytest.approx(float(torch.trace(ft)), rel=1e-10)
 
 
+class _WithUnused(torch.nn.Module):
+    """A backbone with a parameter its output never uses (like MiniLM's pooler under mean pooling)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.unused = inner, torch.nn.Parameter(torch.ones(7, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_ntk_ignores_parameters_the_output_does_not_use():
+    m, x = _tiny(2)
+    ref = (lf.empirical_ntk(m, (x,)), *lf.ntk_blocks(m, (x,)), *lf.ntk_traces(m, (x,)))
+    m.backbone = _WithUnused(m.backbone)
+    got = (lf.empirical_ntk(m, (x,)), *lf.ntk_blocks(m, (x,)), *lf.ntk_traces(m, (x,)))
+    for a, b in zip(got[:3], ref[:3]):
+        torch.testing.assert_close(a, b)
+    assert got[3:] == pytest.approx(ref[3:], rel=1e-12)
+
+
 def test_scaling_head_scales_ft_part_by_c_squared():
     m, x = _tiny(1)
     h1, f1 = lf.ntk_blocks(m, (x,))

@@ -15,7 +15,10 @@ def test_every_norm_and_placement_trains_a_step(norm, placement):
     logits, loss = model(x, x)
     assert logits.shape == (3, 12, 32) and torch.isfinite(loss)
     loss.backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # a norm may name parameters that a single-task batch never reaches (AdaB2N's task weights)
+    idle = {f"{m_name}.{p_name}" for m_name, m in model.named_modules()
+            for p_name in getattr(m, "idle_without_tasks", ())}
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and n not in idle)
 
 
 def test_placement_changes_the_wiring():

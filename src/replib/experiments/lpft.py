@@ -138,6 +138,13 @@ def _backbone_params(model: Classifier) -> list[torch.Tensor]:
     return [p for p in model.backbone.parameters() if p.requires_grad]
 
 
+def _flat_grad(out: torch.Tensor, params: list[torch.Tensor], retain_graph: bool = True) -> torch.Tensor:
+    """d out / d params as one vector; a parameter the output does not use (e.g. MiniLM's pooler,
+    which mean pooling skips) has gradient 0, exactly."""
+    g = torch.autograd.grad(out, params, retain_graph=retain_graph, allow_unused=True)
+    return torch.cat([(torch.zeros_like(p) if t is None else t).reshape(-1) for t, p in zip(g, params)])
+
+
 def empirical_ntk(model: Classifier, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """The full empirical NTK over every parameter, ``(n*C, n*C)`` (row ``i*C + c``), by autograd."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -146,8 +153,7 @@ def empirical_ntk(model: Classifier, inputs: tuple[torch.Tensor, ...]) -> torch.
     rows = []
     for i in range(n):
         for c in range(C):
-            g = torch.autograd.grad(out[i, c], params, retain_graph=True)
-            rows.append(torch.cat([t.reshape(-1) for t in g]))
+            rows.append(_flat_grad(out[i, c], params))
     J = torch.stack(rows)
     return J @ J.T
 
@@ -164,8 +170,7 @@ def ntk_blocks(model: Classifier, inputs: tuple[torch.Tensor, ...]) -> tuple[tor
     rows = []
     for i in range(n):
         for j in range(h):
-            g = torch.autograd.grad(phi[i, j], params, retain_graph=True)
-            rows.append(torch.cat([t.reshape(-1) for t in g]))
+            rows.append(_flat_grad(phi[i, j], params))
     J = torch.stack(rows).reshape(n, h, -1)  # d phi_i / d B
     VJ = torch.einsum("ch,nhp->ncp", model.head.weight.detach(), J).reshape(n * C, -1)
     return head, VJ @ VJ.T
@@ -186,8 +191,7 @@ def ntk_traces(model: Classifier, inputs: tuple[torch.Tensor, ...]) -> tuple[flo
         tr_head += C * (float(phi.detach().pow(2).sum()) + bias)
         out = model.head(phi)[0]
         for c in range(C):
-            g = torch.autograd.grad(out[c], params, retain_graph=c < C - 1)
-            tr_ft += float(sum(t.pow(2).sum() for t in g))
+            tr_ft += float(_flat_grad(out[c], params, retain_graph=c < C - 1).pow(2).sum())
     return tr_head, tr_ft
 
 

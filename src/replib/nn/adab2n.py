@@ -91,6 +91,9 @@ class AdaB2N(nn.Module):
     before each training forward on a batch that mixes tasks.
     """
 
+    #: parameters a batch without task ids never reaches: the Dirichlet task weights balance tasks only
+    idle_without_tasks = ("task_weight",)
+
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
                  num_tasks: int = 5, kappa: float = 0.4, init_weight: float = 0.0):
         super().__init__()
