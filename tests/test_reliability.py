@@ -68,8 +68,10 @@ def _interrupt(root: Path, argv: list[str], signum: int, group: bool) -> tuple[i
     marks.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "REPLIB_RESULTS_DIR"}
     env.update(QUICK_MARKS=str(marks), QUICK_SLEEP=str(SLOW))
+    # as a shell starts it: SIGINT at its default (an ignored SIGINT would be inherited from this process)
     proc = subprocess.Popen([str(REPLIB), *argv], cwd=root, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (marks / "01-quick").exists() or not (marks / "01-quick").read_text():
