@@ -167,7 +167,7 @@ def test_landing_page_rolls_every_chapter_up(site, any_page, viewport):
     assert grid.count() == n_claims
     planned = pg.locator(".replib-planned li")
     assert planned.count() == len(PAPERS) - len(written)
-    assert all("planned" in t for t in planned.all_inner_texts())
+    assert all("planned" in t for t in planned.all_text_contents())
     SHOTS.mkdir(parents=True, exist_ok=True)
     pg.screenshot(path=str(SHOTS / f"landing-{viewport}.png"), full_page=True)
 
