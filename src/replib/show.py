@@ -177,18 +177,23 @@ def tidy_numbers(text: str) -> str:
     return _SPREAD_RE.sub(fix, text)
 
 
-def _default_ours(summary: Mapping[str, Mapping]) -> str:
-    """The text ``judge`` writes when a chapter gives no ``ours`` (``name = mean ± std``, .4g)."""
+def _summary_text(summary: Mapping[str, Mapping], number) -> str:
+    """``name = number(mean, std)`` per metric (std ``None`` for a single trained seed)."""
     parts = []
     for name, s in summary.items():
         n_ok = s["n"] - s["n_diverged"]
         if s["mean"] is None or n_ok == 0:
             text = f"diverged ({s['n']}/{s['n']})"
         else:
-            text = f"{s['mean']:.4g}" if n_ok == 1 else f"{s['mean']:.4g} ± {s['std']:.4g}"
+            text = number(s["mean"], s["std"] if n_ok > 1 else None)
             text += f" ({s['n_diverged']}/{s['n']} diverged)" if s["n_diverged"] else ""
         parts.append(f"{name} = {text}")
-    return "; ".join(parts) or "—"
+    return "; ".join(parts)
+
+
+def _default_ours(summary: Mapping[str, Mapping]) -> str:
+    """The text ``judge`` writes when a chapter gives no ``ours`` (``name = mean ± std``, .4g)."""
+    return _summary_text(summary, lambda m, sd: f"{m:.4g}" if sd is None else f"{m:.4g} ± {sd:.4g}") or "—"
 
 
 def ours_text(claim: Mapping) -> str:
@@ -197,16 +202,7 @@ def ours_text(claim: Mapping) -> str:
     chapter's text with every ``mean ± sd`` tidied."""
     summary = claim.get("summary") or {}
     if summary and claim.get("ours") == _default_ours(summary):
-        parts = []
-        for name, s in summary.items():
-            n_ok = s["n"] - s["n_diverged"]
-            if s["mean"] is None or n_ok == 0:
-                text = f"diverged ({s['n']}/{s['n']})"
-            else:
-                text = format_spread(s["mean"], s["std"] if n_ok > 1 else None)
-                text += f" ({s['n_diverged']}/{s['n']} diverged)" if s["n_diverged"] else ""
-            parts.append(f"{name} = {text}")
-        return "; ".join(parts)
+        return _summary_text(summary, format_spread)
     return tidy_numbers(str(claim.get("ours", "—")))
 
 
