@@ -18,7 +18,7 @@ from replib.nn.bhyt import (
     second_statistic_ratios,
     value_output_scaler,
 )
-from replib.nn.transformer import MLP, CausalSelfAttention, GPTConfig
+from replib.nn.transformer import MLP, GPTConfig, attention_for
 
 D = 8
 
@@ -37,7 +37,7 @@ def _cfg(**kw):
 def _block(exact=False, seed=0):
     torch.manual_seed(seed)
     cfg = _cfg()
-    blk = BHyTBlock(CausalSelfAttention(cfg), MLP(cfg), D, cfg.seq_len, exact_second=exact).double()
+    blk = BHyTBlock(attention_for(cfg), MLP(cfg), D, cfg.seq_len, exact_second=exact).double()
     with torch.no_grad():
         for p in blk.parameters():
             p.add_(torch.randn_like(p) * 0.3)
@@ -129,7 +129,7 @@ def test_norm_gradcheck_float64_input_and_parameters(norm):
 
 def test_value_output_scaler_identity_weights_is_one_over_T():
     cfg = _cfg(seq_len=16)
-    attn = CausalSelfAttention(cfg)
+    attn = attention_for(cfg)
     with torch.no_grad():
         attn.qkv.weight[2 * D:].copy_(torch.eye(D))
         attn.proj.weight.copy_(torch.eye(D))
@@ -138,7 +138,7 @@ def test_value_output_scaler_identity_weights_is_one_over_T():
 
 def test_value_output_scaler_formula_with_random_weights():
     cfg = GPTConfig(n_layer=1, d_model=D, n_head=3, d_attn=12, seq_len=6, bias=False)
-    attn = CausalSelfAttention(cfg)
+    attn = attention_for(cfg)
     w_v = attn.qkv.weight[24:].detach().T  # (d, d_attn) in the paper's notation
     w_o = attn.proj.weight.detach().T  # (d_attn, d)
     expected = torch.linalg.matrix_norm(w_v @ w_o, "fro") ** 2 / (cfg.seq_len * D)

@@ -117,7 +117,7 @@ class BHyT(nn.Module):
 
 
 def value_output_scaler(attn: nn.Module, seq_len: int) -> torch.Tensor:
-    r""":math:`c = \lVert W_V W_O \rVert_F^2 / (T d)` for a ``transformer.CausalSelfAttention``.
+    r""":math:`c = \lVert W_V W_O \rVert_F^2 / (T d)` for a ``replib.nn.attention.Attention``.
 
     In the paper's (input-on-the-left) notation :math:`W_V \in \mathbb R^{d \times d_a}` and
     :math:`W_O \in \mathbb R^{d_a \times d}`; torch's ``Linear`` stores their transposes, and the

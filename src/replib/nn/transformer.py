@@ -1,9 +1,9 @@
 """A tiny decoder-only transformer, readable in one sitting (after nanoGPT).
 
-The norm and where it sits are constructor options, so a chapter about either changes one
-argument and nothing else::
+The norm, where it sits, and the attention kernel are constructor options, so a chapter about
+any of them changes one argument and nothing else::
 
-    TinyGPT(GPTConfig(norm="rmsnorm", placement="post"))
+    TinyGPT(GPTConfig(norm="rmsnorm", placement="post", attention="softmax"))
 
 Placements (``x`` is the residual stream, ``F`` a sub-layer, ``N`` a norm):
 
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ReplibError
+from .attention import create_attention
 from .norms import create_norm
 
 PLACEMENTS = ("pre", "post", "peri", "mix")
@@ -49,6 +50,8 @@ class GPTConfig:
     norm: str = "layernorm"
     norm_kwargs: dict = field(default_factory=dict)
     placement: str = "pre"
+    attention: str = "softmax"  # an entry of replib.nn.attention's registry
+    attention_kwargs: dict = field(default_factory=dict)
     mix_alpha: float | None = None  # placement "mix" only; None: MIX_ALPHA
     layer_scaling: bool = False  # LayerNorm Scaling: normalised sub-layer inputs x 1/sqrt(l)
     final_norm: bool | None = None  # a norm before the head; None: every placement but "post"
@@ -86,21 +89,11 @@ class GPTConfig:
         return "post" if index < int(self.mix_alpha * self.n_layer) else "pre"
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.n_head = cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_attn, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.d_attn, cfg.d_model, bias=cfg.bias)
-        self.dropout = cfg.dropout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(self.qkv.out_features // 3, dim=-1)
-        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+def attention_for(cfg: GPTConfig) -> nn.Module:
+    """The block's token mixer, built from the attention registry by ``cfg.attention``."""
+    return create_attention(cfg.attention, cfg.d_model, cfg.n_head, d_attn=cfg.d_attn,
+                            seq_len=cfg.seq_len, bias=cfg.bias, dropout=cfg.dropout,
+                            **cfg.attention_kwargs)
 
 
 class MLP(nn.Module):
@@ -120,7 +113,7 @@ class Block(nn.Module):
         self.scale = 1.0 / math.sqrt(index + 1) if cfg.layer_scaling else 1.0
         norm = lambda: create_norm(cfg.norm, cfg.d_model, **cfg.norm_kwargs)  # noqa: E731
         self.norm1 = norm()
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = attention_for(cfg)
         self.norm2 = norm()
         self.mlp = MLP(cfg)
         if self.placement == "peri":
