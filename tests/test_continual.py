@@ -140,3 +140,13 @@ def test_layerwise_lr_schedule_reproduces_ln_only_exactly():
 def test_stationary_run():
     r = cl.stationary_run("NaP", 3e-3, 0, epochs=2, width=32, depth=2)
     assert 0.5 < r["test"] <= 1 and 0.5 < r["val"] <= 1
+
+
+def test_layerwise_schedule_matches_ln_directions_exactly_without_eps():
+    """C3's identity: NaP at eta rho^2/||W_t||^2 follows LN-only's weight directions step for step
+    when the norm is exactly scale-invariant (eps = 0); LayerNorm's eps alone makes them drift."""
+    from replib.experiments.continual import layerwise_direction_gap
+    exact = layerwise_direction_gap(0, 0.1, steps=60, ln_eps=0.0, n_images=128, width=32)
+    with_eps = layerwise_direction_gap(0, 0.1, steps=60, n_images=128, width=32)
+    assert exact < 1e-13
+    assert with_eps > 1e3 * max(exact, 1e-16)

@@ -227,11 +227,50 @@ def lr_matched_runs(seed: int, lr: float, *, n_images: int = 1000, tasks: int = 
     return out
 
 
+def layerwise_direction_gap(seed: int, lr: float, *, steps: int = 200, ln_eps: float | None = None,
+                            n_images: int = 300, width: int = 64, depth: int = 3, batch_size: int = 64) -> float:
+    r"""C3's identity in float64: the largest gap, over ``steps`` SGD steps and hidden layers, between
+    the weight directions :math:`W/\lVert W\rVert` of LN-only and of NaP at the layer-wise rate
+    :math:`\eta\rho_l^2/\lVert W_l(t)\rVert^2`. With ``ln_eps=0`` every layer is exactly
+    scale-invariant and the gap is rounding (~1e-16); LayerNorm's default ``eps`` breaks the invariance
+    slightly, which is what lets the float32 curves of :func:`lr_matched_runs` drift apart."""
+    x = memorisation_images(n_images).double()
+    runs = []
+    for mode in ("LN", "layerwise"):
+        gen = seed_everything(seed)
+        model = plastic_model("LN" if mode == "LN" else "NaP", x.shape[1], width, depth).double()
+        if ln_eps is not None:
+            for layer in model.hidden:
+                layer[1].eps = ln_eps
+        ws = model.weights()
+        rest = [p for p in model.parameters() if all(p is not w for w in ws)]
+        base = torch.optim.SGD([{"params": [w]} for w in ws] + [{"params": rest}], lr=lr)
+        opt = base if mode == "LN" else NaP(base, [(w,) for w in ws])
+        rho2 = [n ** 2 for n in weight_norms(ws)]
+        y = torch.randint(0, 10, (n_images,), generator=gen)
+        norms, dirs = [], []
+        for t in range(steps):
+            idx = torch.randint(0, n_images, (batch_size,), generator=gen)
+            if mode == "LN":
+                norms.append(weight_norms(ws))
+            else:
+                for g, r2, n in zip(base.param_groups, rho2, runs[0][0][t]):
+                    g["lr"] = lr * r2 / n ** 2
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            dirs.append([(w / w.norm()).detach().clone() for w in ws])
+        runs.append((norms, dirs))
+    return max(float((a - b).abs().max()) for da, db in zip(runs[0][1], runs[1][1]) for a, b in zip(da, db))
+
+
 def stationary_run(arm: str, lr: float, seed: int, *, epochs: int = 20, batch_size: int = 64, width: int = 256,
                    depth: int = 3, device: str | torch.device = "cpu", threads: int | None = 1) -> dict:
     """The MLP on ordinary digits classification (stratified 80/20 train/test, seed 0; 20 % of the
     training images held out for validation, seed 0), Adam, ``epochs`` passes. Returns validation
-    and test accuracy at the end."""
+    and test accuracy and test cross-entropy at the end, and ``norm_growth``: each hidden layer's
+    final over initial weight norm (what NaP's projection undoes; 1 under NaP)."""
     device = torch.device(device)
     split = load_tabular("digits", seed=0)
     n_val = len(split.x_train) // 5
@@ -243,6 +282,7 @@ def stationary_run(arm: str, lr: float, seed: int, *, epochs: int = 20, batch_si
         gen = seed_everything(seed)
         model = plastic_model(arm, xt.shape[1], width, depth).to(device)
         opt = make_optimizer(model, arm, lr, "adam")
+        norms0 = weight_norms(model.weights())
         losses = []
         for _ in range(epochs):
             p = torch.randperm(len(xt), generator=gen).to(device)
@@ -255,7 +295,12 @@ def stationary_run(arm: str, lr: float, seed: int, *, epochs: int = 20, batch_si
             losses.append(float(loss))
         if not math.isfinite(losses[-1]):
             return {"val": math.nan, "test": math.nan, "losses": losses}
-        return {"val": accuracy(model, xv, yv), "test": accuracy(model, xs, ys), "losses": losses}
+        with torch.no_grad():
+            model.eval()
+            test_loss = float(F.cross_entropy(model(xs), ys))
+        growth = [n / n0 for n, n0 in zip(weight_norms(model.weights()), norms0)]
+        return {"val": accuracy(model, xv, yv), "test": accuracy(model, xs, ys), "test_loss": test_loss,
+                "norm_growth": growth, "losses": losses}
 
 
 # --------------------------------------------------------------------------- chapter 21: Split-Digits
