@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import ReplibError
+from . import kernels
 from .norms import register_norm
 from .transformer import GPTConfig, TinyGPT
 
@@ -77,6 +78,8 @@ class DyT(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if kernels.use_kernels(x):  # the fused Triton kernel on CUDA
+            return kernels.dyt(x, self.alpha, self.weight, self.bias)
         y = self.weight * torch.tanh(self.alpha * x)
         return y + self.bias if self.bias is not None else y
 
@@ -108,6 +111,8 @@ class BHyT(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 rstd: torch.Tensor | None = None) -> torch.Tensor:
+        if kernels.use_kernels(x):
+            return kernels.bhyt(x, self.weight, self.lam, rstd, self.kappa, self.eps)
         if rstd is None:
             rstd = bounded_rstd(mean_square(x), self.kappa, self.eps)  # r = (1/κ)/sqrt(v+ε)
         return self.weight * torch.tanh(self.lam * rstd.to(x.dtype) * x)  # γ ⊙ tanh(λ r x)

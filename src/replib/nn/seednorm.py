@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from ..errors import ReplibError
+from . import kernels
 from .norms import register_norm
 
 
@@ -76,6 +77,8 @@ class SeeDNorm(nn.Module):
         return torch.tanh((xs * self.beta.view(self.heads, -1)).sum(-1))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if kernels.use_kernels(x):  # the fused Triton kernel on CUDA
+            return kernels.seednorm(x, self.weight, self.alpha, self.beta, self.eps, self.heads)
         # y = x / RMS(x), RMS over all D features (also with heads > 1: an UNVERIFIED choice)
         y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         s = self.gate(x).unsqueeze(-1)  # (..., heads, 1)
