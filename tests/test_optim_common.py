@@ -137,7 +137,7 @@ def test_log_ratio_is_paired_log_difference():
 def test_run_lm_trains_every_arm_and_measures_state():
     data = ox.lm_data_split("def f(x):\n    return x + 1\n" * 400, seq_len=16, val_windows=4, test_windows=4)
     kw = dict(n_layer=1, d_model=16, n_head=2, batch_size=4, steps=30, log_every=10)
-    runs = {a: ox.run_lm(a, 0, 1e-2, data, measure_update=True, **kw) for a in ox.ARMS}
+    runs = {a: ox.run_lm(a, 0, 1e-2, data, measure_update=True, **kw) for a in ("adamw", "sinkgd", "rownorm", "conda")}
     for a, r in runs.items():
         assert r.log_steps == [10, 20, 30] and len(r.test_loss) == 3
         assert r.final_val_loss < r.loss[0] - 0.5, a

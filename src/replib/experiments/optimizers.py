@@ -2,8 +2,8 @@ r"""Optimisers compared on one tiny byte-level LLaMA: the harness of chapters 06
 (Conda), meant for the all-optimizers page too. The API below is stable; extend it additively.
 
 One call of :func:`run_lm` trains one :class:`~replib.optim.common.TinyLlama` with one optimiser
-*arm* (:data:`ARMS`: ``adamw``, ``sinkgd``, ``rownorm``, ``conda``; options per arm through
-``opt_kwargs``) at one peak learning rate, with linear warm-up then cosine decay to 0, no gradient
+*arm* (an entry of :func:`replib.optim.list_optimizers`: ``adamw``, ``sgd-momentum``, ``sinkgd``,
+``rownorm``, ``conda``, ...; options per arm through ``opt_kwargs``) at one peak learning rate, with linear warm-up then cosine decay to 0, no gradient
 clipping, and logs the validation and test loss (nats/byte) every ``log_every`` steps. It also
 measures the optimizer-state bytes from the optimiser's tensors after the run
 (:func:`replib.optim.common.state_bytes`) and, optionally, the effective rank of each matrix's
@@ -33,10 +33,8 @@ import torch
 from ..claims import log_paired as log_ratio  # per-seed log a - log b (b may be a constant)
 from ..data import lm_batches, lm_splits
 from ..errors import ReplibError
-from ..optim import Conda, SinkGD
+from ..optim import create_optimizer
 from ..optim.common import LlamaConfig, TinyLlama, adam_update_, matrix_params, state_bytes
-from ..optim.conda import conda_groups
-from ..optim.sinkgd import sinkgd_groups
 from ..runtime import seed_everything, torch_threads
 from ..timing import compare
 from ..train import Sweep, lm_loss, progress_bar, train, warmup_cosine
@@ -67,37 +65,10 @@ def lm_data_split(text: str, seq_len: int, val_windows: int, test_windows: int,
 
 
 # ----------------------------------------------------------------------------- the arms
-def _adamw(model, lr, betas=(0.9, 0.999), weight_decay=0.0):
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
-
-
-def _sinkgd(model, lr, alpha=0.05, sinkhorn_iters=5, betas=(0.9, 0.999), weight_decay=0.0):
-    return SinkGD(sinkgd_groups(model, lr, alpha), sinkhorn_iters=sinkhorn_iters, betas=betas,
-                  weight_decay=weight_decay)
-
-
-def _rownorm(model, lr, alpha=0.05, betas=(0.9, 0.999), weight_decay=0.0):
-    return _sinkgd(model, lr, alpha, 0.5, betas, weight_decay)
-
-
-def _conda(model, lr, update_proj_gap=200, scale=0.25, betas=(0.9, 0.99), weight_decay=0.0):
-    return Conda(conda_groups(model, update_proj_gap=update_proj_gap, scale=scale), lr=lr,
-                 betas=betas, weight_decay=weight_decay)
-
-
-ARMS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adamw": _adamw,  # torch AdamW on every parameter
-    "sinkgd": _sinkgd,  # SR-Sinkhorn (L=5) at alpha*lr on attn/MLP matrices, Adam at lr elsewhere
-    "rownorm": _rownorm,  # the row-normalised ablation (one row step, L = 0.5)
-    "conda": _conda,  # Conda on attn/MLP matrices, HF-AdamW at the same lr elsewhere
-}
-
-
 def make_optimizer(arm: str, model: torch.nn.Module, lr: float, **opts) -> torch.optim.Optimizer:
-    """The optimiser of ``arm`` for ``model`` at peak learning rate ``lr``."""
-    if arm not in ARMS:
-        raise ReplibError(f"unknown optimizer arm {arm!r}; valid: {', '.join(ARMS)}")
-    return ARMS[arm](model, lr, **opts)
+    """The optimiser registered as ``arm`` (:func:`replib.optim.list_optimizers`) for ``model`` at
+    peak learning rate ``lr``."""
+    return create_optimizer(arm, model, lr, **opts)
 
 
 # ----------------------------------------------------------------------------- one run
@@ -296,7 +267,7 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
 def optimizer_step_timings(labels: Sequence[str], cfg: LlamaConfig, *, batch_size: int, lr: float,
                            device: torch.device | str = "cpu", warmup: int = 5, reps: int = 30,
                            opt_kwargs: dict[str, dict] | None = None, threads: int | None = 1) -> dict:
-    """Time the optimiser step alone for each label in ``labels`` (an arm of :data:`ARMS` or
+    """Time the optimiser step alone for each label in ``labels`` (a registered optimizer or
     ``"newton-schulz"``) on identical models with identical fixed gradients, interleaved
     (:func:`replib.timing.compare`). Returns ``{label: Timing}``."""
     cpu = torch.device(device).type == "cpu"
@@ -336,6 +307,6 @@ def seconds_per_step(runs: Iterable[OptRun]) -> list[float]:
     return [r.seconds / max(1, len(r.loss)) for r in runs]
 
 
-__all__ = ["ARMS", "LMData", "OptRun", "at_best", "effective_rank", "lm_data_split", "log_ratio", "make_optimizer",
+__all__ = ["LMData", "OptRun", "at_best", "effective_rank", "lm_data_split", "log_ratio", "make_optimizer",
            "newton_schulz", "optimizer_step_timings", "optimizer_sweep", "run_lm", "seconds_per_step",
            "speedup", "steps_to_target", "sweep_record", "update_effective_ranks"]
