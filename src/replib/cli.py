@@ -3,6 +3,7 @@
     replib run 16 --scale smoke --device cpu --seeds 0,1,2
     replib list
     replib book --scale smoke --jobs 2
+    replib bench --device cuda --seconds 30 --compile --amp bf16
 
 Bad input (an unknown chapter, scale or device, CUDA asked for on a machine without it, bad seeds,
 a results folder it cannot write) stops with a one-line error before any kernel starts. Ctrl-C (or
@@ -232,6 +233,32 @@ def cmd_book(args) -> int:
     return 1 if failed or bad or html_rc or (over and args.fail_over_budget) else 0
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"a positive number of seconds, got {text!r}")
+    return seconds
+
+
+def cmd_bench(args) -> int:
+    from .bench import AMP, bench
+    from .book.chapters import book_root
+
+    if args.amp not in AMP:
+        raise ReplibError(f"--amp: one of {', '.join(AMP)}, got {args.amp!r}")
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    print(f"benchmarking on {args.device}: {args.seconds:g} s per model, "
+          f"{'compiled' if args.compile else 'eager'}, amp {args.amp}", flush=True)
+    path = bench(Path.cwd() if args.out else book_root(), device=args.device, models=models, seconds=args.seconds,
+                 warmup=args.warmup, compile=args.compile, threads=args.threads, amp=args.amp,
+                 out=Path(args.out) if args.out else None)
+    print(f"  results: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="replib", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -262,6 +289,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="exit non-zero when a chapter exceeds its scale's time budget "
                            "(measured after it ends; the budget never stops a chapter)")
     book.set_defaults(func=cmd_book)
+
+    bench = sub.add_parser("bench", help="training throughput of the shared models "
+                                         "(results/bench/<device-kind>.json)")
+    bench.add_argument("--device", default="auto",
+                       help=f"one of {', '.join(DEVICES)}, or cuda:N for one GPU of several")
+    bench.add_argument("--models", help="comma-separated workloads (default: all; see replib.bench)")
+    bench.add_argument("--seconds", type=_positive_seconds, default=10.0,
+                       help="timed seconds per model, after the warm-up (default 10)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                       help="torch.compile the model (its compile time is the first step's)")
+    bench.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's)")
+    bench.add_argument("--amp", default="none", help="autocast dtype: none or bf16")
+    bench.add_argument("--out", help="write here instead of results/bench/<device-kind>.json")
+    bench.set_defaults(func=cmd_bench)
     return p
 
 

@@ -1,0 +1,399 @@
+r"""Training throughput of the book's shared models: ``replib bench`` and the Performance page.
+
+For each workload (TinyGPT at chapter 05's ``cpu`` and ``gpu`` sizes, the TinyViT of the image
+analogs, chapter 16's MLP) one optimizer step is timed on random inputs of the real shapes,
+after untimed warm-up steps (the first one, which includes any ``torch.compile``, is reported
+on its own):
+
+- **throughput**: tokens (LMs) or samples per second, from the wall time of the timed loop,
+  ended by a device synchronisation;
+- **the step split** into forward (zero-grad, forward, loss), backward and optimizer. On CUDA the
+  boundaries are CUDA events on the GPU's timeline (no host synchronisation inside the loop, so
+  the split does not slow the step it measures); on the CPU ``perf_counter``. The three parts sum
+  to the event-to-event step time exactly, and that to the wall-clock step up to loop overhead;
+- **peak memory**: CUDA ``max_memory_allocated`` during the timed loop; on the CPU the process's
+  peak resident set (``VmHWM`` of ``/proc/self/status``, reset before each workload through
+  ``/proc/self/clear_refs``; where that is impossible, ``ru_maxrss`` since the process started),
+  named in ``memory_kind``: the CPU figure counts the whole process (Python, torch, the data);
+- **MFU** (model FLOPs utilisation, GPU only), nanoGPT's ``estimate_mfu`` (Karpathy, nanoGPT
+  ``model.py``): :math:`6N + 12 L H Q T` FLOPs per token for a transformer with :math:`N`
+  non-embedding parameters, :math:`L` layers, :math:`H` heads of width :math:`Q` and context
+  :math:`T`; :math:`6N` per sample for the MLP; over the device's dense bf16 peak
+  (:data:`PEAK_BF16_FLOPS`; an unknown GPU gets no MFU). Counted per timed step as nanoGPT does,
+  whatever ``--amp`` says.
+
+Results go to ``results/bench/<device-kind>.json`` (written atomically, with provenance); a run
+replaces the entries of the same workload and settings and keeps the others, so eager and
+``--compile`` runs sit side by side. :func:`performance_markdown` renders every file as the
+book's Performance page.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import provenance
+from .errors import ReplibError
+from .nn import MLP, GPTConfig, TinyGPT, TinyViT
+from .runtime import resolve_device, synchronize, torch_threads
+from .train import adamw
+
+SCHEMA_NAME, SCHEMA_VERSION = "replib.bench", 1
+AMP = {"none": None, "bf16": torch.bfloat16}
+# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, FLOP/s. Longest name first.
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12,
+                   "A100": 312e12, "L4": 121e12, "A10G": 70e12}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A model, its batch and what one step processes. ``build(device)`` returns the model and a
+    loss function of it (the batch is fixed inside)."""
+
+    name: str
+    describe: str
+    units: str  # "tokens" or "samples"
+    units_per_step: int
+    build: Callable[[torch.device], tuple[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]]]
+    flops_per_step: Callable[[torch.nn.Module], float]
+
+
+def gpt_workload(name: str, batch_size: int, **cfg) -> Workload:
+    """TinyGPT on random byte tokens; nanoGPT's FLOPs per step."""
+    config = GPTConfig(**cfg)
+
+    def build(device):
+        model = TinyGPT(config).to(device)
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randint(0, config.vocab_size, (batch_size, config.seq_len + 1), generator=g)
+        x, y = idx[:, :-1].to(device), idx[:, 1:].to(device)
+        return model, lambda m: m(x, y)[1]
+
+    def flops(model):
+        n = model.num_params() - model.pos_emb.weight.numel() - model.tok_emb.weight.numel()
+        L, H, T = config.n_layer, config.n_head, config.seq_len
+        Q = (config.d_attn or config.d_model) // H
+        return (6 * n + 12 * L * H * Q * T) * T * batch_size
+
+    shape = ", ".join(f"{k}={v}" for k, v in cfg.items())
+    return Workload(name, f"TinyGPT({shape}), batch {batch_size}", "tokens",
+                    batch_size * config.seq_len, build, flops)
+
+
+def vit_workload(name: str, batch_size: int, **cfg) -> Workload:
+    """TinyViT on random 8x8 images and labels."""
+    def build(device):
+        model = TinyViT(**cfg).to(device)
+        g = torch.Generator().manual_seed(0)
+        images = torch.randn(batch_size, model.image ** 2, generator=g).to(device)
+        labels = torch.randint(0, 10, (batch_size,), generator=g).to(device)
+        return model, lambda m: F.cross_entropy(m(images), labels)
+
+    def flops(model):
+        n = sum(p.numel() for p in model.parameters()) - model.pos.numel()
+        T = model.pos.shape[1]
+        L, H = len(model.blocks), model.blocks[0].attn.n_head
+        Q = model.pos.shape[2] // H
+        return (6 * n + 12 * L * H * Q * T) * T * batch_size
+
+    shape = ", ".join(f"{k}={v}" for k, v in cfg.items())
+    return Workload(name, f"TinyViT({shape}), batch {batch_size}", "samples", batch_size, build, flops)
+
+
+def mlp_workload(name: str, batch_size: int, d_in: int, width: int, depth: int, d_out: int,
+                 **kw) -> Workload:
+    """The MLP of replib.nn on random features and labels; 6N FLOPs per sample."""
+    def build(device):
+        model = MLP(d_in, width, depth, d_out, **kw).to(device)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch_size, d_in, generator=g).to(device)
+        y = torch.randint(0, d_out, (batch_size,), generator=g).to(device)
+        return model, lambda m: F.cross_entropy(m(x), y)
+
+    return Workload(name, f"MLP({d_in}, {width}, depth {depth}, {d_out}), batch {batch_size}",
+                    "samples", batch_size, build,
+                    lambda m: 6 * sum(p.numel() for p in m.parameters()) * batch_size)
+
+
+def default_workloads() -> dict[str, Workload]:
+    """The shared models at the sizes the chapters train them (chapter 05 for TinyGPT, chapter 16's
+    cpu C2 for the MLP, the image analogs' TinyViT)."""
+    ws = [
+        gpt_workload("tinygpt-cpu", 16, n_layer=8, d_model=64, n_head=4, seq_len=64),
+        gpt_workload("tinygpt-gpu", 64, n_layer=12, d_model=256, n_head=8, seq_len=256),
+        vit_workload("tinyvit", 128, d_model=64, depth=4, n_head=4, mlp_ratio=4),
+        mlp_workload("mlp", 64, 64, 256, 8, 10, activation="selu", init="lecun"),
+    ]
+    return {w.name: w for w in ws}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def device_kind(device: torch.device) -> str:
+    """The results file's name: the GPU's model, or the CPU's model and core count."""
+    if device.type == "cuda":
+        return _slug(torch.cuda.get_device_name(device))
+    if device.type == "mps":
+        return "mps-" + _slug(provenance.cpu_name())
+    return f"cpu-{_slug(provenance.cpu_name())}-{os.cpu_count()}cores"
+
+
+def peak_bf16_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in sorted(PEAK_BF16_FLOPS.items(), key=lambda kv: -len(kv[0]))
+                 if k in name), None)
+
+
+class _Memory:
+    """Peak memory of the code between :meth:`reset` and :meth:`peak` (see the module docstring)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = "cuda_max_memory_allocated" if device.type == "cuda" else "process_peak_rss"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS (Linux >= 4.0)
+        except OSError:
+            self.kind = "process_peak_rss_since_start"
+
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        if self.kind == "process_peak_rss":
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+class _Clock:
+    """Step boundaries: CUDA events on the GPU's timeline, else ``perf_counter``."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self, a, b) -> float:  # after a synchronisation
+        return a.elapsed_time(b) / 1e3 if self.cuda else b - a
+
+
+def measure(workload: Workload, device: torch.device, *, seconds: float = 10.0,
+            warmup: int = 3, compile: bool = False, amp: str = "none", min_steps: int = 3) -> dict:
+    """Train ``workload`` for ``warmup`` untimed steps, then for about ``seconds``; one result row."""
+    if amp not in AMP:
+        raise ReplibError(f"unknown --amp {amp!r}; valid: {', '.join(AMP)}")
+    torch.manual_seed(0)
+    model, loss_fn = workload.build(device)
+    flops = workload.flops_per_step(model)
+    params = sum(p.numel() for p in model.parameters())
+    run = torch.compile(model) if compile else model
+    opt = adamw(model, lr=1e-4)
+    clock, memory = _Clock(device), _Memory(device)
+    dtype = AMP[amp]
+
+    def step(marks: list | None = None) -> None:
+        if marks is not None:
+            marks.append(clock.mark())
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = loss_fn(run)
+        if marks is not None:
+            marks.append(clock.mark())
+        loss.backward()
+        if marks is not None:
+            marks.append(clock.mark())
+        opt.step()
+        if marks is not None:
+            marks.append(clock.mark())
+
+    run.train()
+    t0 = time.perf_counter()
+    step()
+    synchronize(device)
+    first = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        step()
+    synchronize(device)
+    memory.reset()
+    marks: list[list] = []
+    t0 = time.perf_counter()
+    while len(marks) < min_steps or time.perf_counter() - t0 < seconds:
+        marks.append([])
+        step(marks[-1])
+    synchronize(device)
+    wall = time.perf_counter() - t0
+    n = len(marks)
+    parts = [[clock.seconds(m[i], m[i + 1]) for i in range(3)] for m in marks]
+    fwd, bwd, opt_s = (sum(p[i] for p in parts) / n for i in range(3))
+    step_s = wall / n
+    peak = peak_bf16_flops(device)
+    return {
+        "model": workload.name, "describe": workload.describe, "params": params,
+        "units": workload.units, "units_per_step": workload.units_per_step,
+        "settings": {"compile": compile, "amp": amp, "threads": torch.get_num_threads(),
+                     "kernels": _kernels_state(device)},
+        "warmup_steps": max(warmup, 1), "first_step_s": first, "steps": n, "wall_s": wall,
+        "step_s": step_s, "throughput": workload.units_per_step / step_s,
+        "split_s": {"forward": fwd, "backward": bwd, "optimizer": opt_s},
+        "peak_memory_bytes": memory.peak(), "memory_kind": memory.kind,
+        "flops_per_step": float(flops), "peak_flops": peak,
+        "mfu": flops / step_s / peak if peak else None,
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _kernels_state(device: torch.device) -> str:
+    """Whether the registry norms ran their Triton kernels (CUDA only; see replib.nn.kernels)."""
+    from .nn import kernels
+    if device.type != "cuda":
+        return "eager (not CUDA)"
+    return "triton" if kernels.enabled() else "eager (REPLIB_TRITON=0 or no triton)"
+
+
+def _same_setting(a: dict, b: dict) -> bool:
+    return a["model"] == b["model"] and a["settings"] == b["settings"]
+
+
+def write_results(path: Path, device: torch.device, rows: list[dict]) -> Path:
+    """Merge ``rows`` into the file at ``path`` (same workload and settings: replaced) atomically."""
+    old = []
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("schema") == SCHEMA_NAME and data.get("schema_version") == SCHEMA_VERSION:
+                old = data["runs"]
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: replaced by this run
+    runs = [r for r in old if not any(_same_setting(r, new) for new in rows)] + rows
+    record = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
+              "device_kind": device_kind(device), "hardware": provenance.hardware(device),
+              "versions": provenance.library_versions(), "git": provenance.git_commit(),
+              "runs": runs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def bench(root: Path, *, device: str = "auto", models: list[str] | None = None,
+          seconds: float = 10.0, warmup: int = 3, compile: bool = False, threads: int | None = None,
+          amp: str = "none", out: Path | None = None, workloads: dict[str, Workload] | None = None,
+          echo: Callable[[str], None] = print) -> Path:
+    """Measure ``models`` (default: all) and write ``results/bench/<device-kind>.json`` under ``root``."""
+    available = workloads or default_workloads()
+    names = models or list(available)
+    if unknown := [m for m in names if m not in available]:
+        raise ReplibError(f"unknown model {unknown[0]!r}; valid: {', '.join(available)}")
+    if not seconds > 0:
+        raise ReplibError(f"--seconds must be positive, got {seconds}")
+    if threads is not None and threads < 1:
+        raise ReplibError(f"--threads must be >= 1, got {threads}")
+    if amp not in AMP:
+        raise ReplibError(f"unknown --amp {amp!r}; valid: {', '.join(AMP)}")
+    dev = resolve_device(device)
+    path = out or root / "results" / "bench" / f"{device_kind(dev)}.json"
+    rows = []
+    with torch_threads(threads):
+        for name in names:
+            row = measure(available[name], dev, seconds=seconds, warmup=warmup, compile=compile,
+                          amp=amp)
+            echo(summary_line(row))
+            rows.append(row)
+    return write_results(path, dev, rows)
+
+
+def summary_line(row: dict) -> str:
+    split = row["split_s"]
+    parts = "/".join(f"{1e3 * split[k]:.1f}" for k in ("forward", "backward", "optimizer"))
+    mfu = f", MFU {100 * row['mfu']:.1f} %" if row["mfu"] is not None else ""
+    return (f"  {row['model']:<12} {row['throughput']:>10,.0f} {row['units']}/s  step "
+            f"{1e3 * row['step_s']:.1f} ms (fwd/bwd/opt {parts} ms), peak "
+            f"{row['peak_memory_bytes'] / 2**20:.0f} MiB{mfu}")
+
+
+# ---------------------------------------------------------------- the Performance page
+
+def _settings_text(s: dict) -> str:
+    words = ["compiled" if s["compile"] else "eager"]
+    words += [] if s["amp"] == "none" else [f"autocast {s['amp']}"]
+    return ", ".join(words + [f"{s['threads']} thread{'s' * (s['threads'] != 1)}"])
+
+
+def _table(data: dict) -> str:
+    hw = data["hardware"]
+    where = hw.get("gpu") or f"{hw.get('cpu')}, {hw.get('cpu_count')} cores"
+    git = data.get("git", {})
+    lines = [f"### {data['device_kind']}", "",
+             f"{where}; torch {data.get('versions', {}).get('torch', '?')}, commit "
+             f"`{(git.get('commit') or 'unknown')[:10]}`"
+             + (" (modified checkout)" if git.get("dirty") else "") + ".", "",
+             "| model | settings | throughput | step (ms) | forward / backward / optimizer | "
+             "peak memory (MiB) | MFU | measured |",
+             "|---|---|---:|---:|---|---:|---:|---|"]
+    for r in sorted(data["runs"], key=lambda r: (r["model"], r["measured_at"])):
+        split, step = r["split_s"], sum(r["split_s"].values())
+        shares = " / ".join(f"{100 * split[k] / step:.0f} %" for k in ("forward", "backward", "optimizer"))
+        mem = r["peak_memory_bytes"] / 2**20
+        mem_text = f"{mem:,.0f}" + ("" if r["memory_kind"].startswith("cuda") else " (process RSS)")
+        mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "n/a"
+        lines.append(f"| {r['model']} | {_settings_text(r['settings'])} | "
+                     f"{r['throughput']:,.0f} {r['units']}/s | {1e3 * r['step_s']:.1f} | {shares} | "
+                     f"{mem_text} | {mfu} | {r['measured_at'][:10]}, {r['steps']} steps |")
+    return "\n".join(lines)
+
+
+def performance_markdown(bench_dir: Path) -> str:
+    """The Performance page's tables: one per ``bench_dir/*.json`` (one per device kind)."""
+    files = sorted(Path(bench_dir).glob("*.json"))
+    tables, gpu = [], False
+    for path in files:
+        try:
+            data = json.loads(path.read_text())
+            if data.get("schema") != SCHEMA_NAME:
+                raise ValueError("not a replib.bench file")
+            tables.append(_table(data))
+            gpu = gpu or data["hardware"].get("device", "").startswith("cuda")
+        except (OSError, ValueError, KeyError) as e:
+            tables.append(f"### {path.stem}\n\nunreadable ({e}).")
+    if not tables:
+        return "No measurements yet: run `replib bench` (they land in `results/bench/`).\n"
+    note = [] if gpu else ["*No GPU measurement yet: these numbers are from CPUs only.*", ""]
+    models = "\n".join(f"- `{w.name}`: {w.describe}" for w in default_workloads().values())
+    return "\n".join(note + ["The workloads:", "", models, "", *tables]) + "\n"
+
+
+__all__ = ["Workload", "default_workloads", "measure", "bench", "write_results",
+           "performance_markdown", "device_kind", "PEAK_BF16_FLOPS"]

@@ -1,0 +1,94 @@
+"""`replib bench` (replib.bench): the results file, the step split, merging, errors, the page."""
+import json
+
+import pytest
+import torch
+
+from replib import bench as rb
+from replib.cli import main
+
+TINY = {
+    "gpt": rb.gpt_workload("gpt", 2, n_layer=1, d_model=16, n_head=2, seq_len=8),
+    "mlp": rb.mlp_workload("mlp", 4, 8, 16, 2, 3),
+}
+ROW_KEYS = {"model", "describe", "params", "units", "units_per_step", "settings", "warmup_steps",
+            "first_step_s", "steps", "wall_s", "step_s", "throughput", "split_s",
+            "peak_memory_bytes", "memory_kind", "flops_per_step", "peak_flops", "mfu", "measured_at"}
+
+
+def _bench(tmp_path, **kw):
+    out = tmp_path / "cpu.json"
+    kw = {"device": "cpu", "seconds": 0.15, "warmup": 1, "workloads": TINY, "echo": lambda s: None, **kw}
+    rb.bench(tmp_path, out=out, **kw)
+    return json.loads(out.read_text())
+
+
+def test_results_file_schema_and_step_split(tmp_path):
+    data = _bench(tmp_path)
+    assert data["schema"] == "replib.bench" and data["schema_version"] == 1
+    assert data["device_kind"].startswith("cpu-") and data["hardware"]["device"] == "cpu"
+    assert {"commit", "dirty"} <= data["git"].keys() and "torch" in data["versions"]
+    assert [r["model"] for r in data["runs"]] == ["gpt", "mlp"]
+    for r in data["runs"]:
+        assert r.keys() == ROW_KEYS
+        assert r["steps"] >= 3 and r["memory_kind"] == "process_peak_rss" and r["mfu"] is None
+        assert r["throughput"] == pytest.approx(r["units_per_step"] / r["step_s"])
+        assert r["step_s"] == pytest.approx(r["wall_s"] / r["steps"])
+        split = r["split_s"]
+        assert min(split.values()) > 0
+        # the three phases are timed separately from the loop's wall clock: they must cover it
+        assert sum(split.values()) == pytest.approx(r["step_s"], rel=0.2)
+        assert r["peak_memory_bytes"] > 10 * 2**20  # a process with torch loaded
+    assert data["runs"][0]["units"] == "tokens" and data["runs"][0]["units_per_step"] == 16
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left nothing behind
+
+
+def test_nanogpt_flops_per_step():
+    """6N + 12 L H Q T per token, N without the embeddings (nanoGPT's estimate_mfu)."""
+    w = TINY["gpt"]
+    model, _ = w.build(torch.device("cpu"))
+    n = sum(p.numel() for name, p in model.named_parameters() if "emb" not in name)
+    assert w.flops_per_step(model) == (6 * n + 12 * 1 * 2 * 8 * 8) * 8 * 2
+
+
+def test_runs_merge_by_model_and_settings(tmp_path):
+    _bench(tmp_path, models=["mlp"])
+    data = _bench(tmp_path, models=["mlp"], threads=1)
+    assert sorted(r["settings"]["threads"] for r in data["runs"]) == sorted({1, torch.get_num_threads()})
+    before = len(data["runs"])
+    data = _bench(tmp_path, models=["mlp"], threads=1)  # the same setting again: replaced
+    assert len(data["runs"]) == before
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--models", "nope"], "unknown model 'nope'"),
+    (["--seconds", "0"], "--seconds"),
+    (["--amp", "fp8"], "--amp"),
+    (["--threads", "0"], "--threads"),
+    (["--device", "tpu"], "unknown device"),
+])
+def test_errors_are_one_line(tmp_path, capsys, argv, words):
+    assert main(["bench", "--out", str(tmp_path / "x.json"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("replib: error:") and words in err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_peak_flops_prefers_the_longest_name(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H100 PCIe")
+    assert rb.peak_bf16_flops(torch.device("cuda")) == 756e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H100 80GB HBM3")
+    assert rb.peak_bf16_flops(torch.device("cuda")) == 989e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Some GPU")
+    assert rb.peak_bf16_flops(torch.device("cuda")) is None
+
+
+def test_performance_page(tmp_path):
+    assert "No measurements yet" in rb.performance_markdown(tmp_path)
+    _bench(tmp_path, models=["gpt"])
+    (tmp_path / "broken.json").write_text("{")
+    page = rb.performance_markdown(tmp_path)
+    assert "No GPU measurement yet" in page
+    row = next(line for line in page.splitlines() if line.startswith("| gpt |"))
+    assert "tokens/s" in row and "(process RSS)" in row and "n/a" in row
+    assert "### broken" in page and "unreadable" in page
