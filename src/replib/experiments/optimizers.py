@@ -27,14 +27,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from ..claims import log_paired as log_ratio  # per-seed log a - log b (b may be a constant)
+from ..claims import paired
 from ..data import lm_batches, lm_splits
-from ..errors import ReplibError
 from ..optim import create_optimizer
 from ..optim.common import LlamaConfig, TinyLlama, adam_update_, matrix_params, state_bytes
+from ..plotting import palette, seed_dots
 from ..runtime import seed_everything, torch_threads
 from ..timing import compare
 from ..train import Sweep, lm_loss, progress_bar, train, warmup_cosine
@@ -307,6 +309,78 @@ def seconds_per_step(runs: Iterable[OptRun]) -> list[float]:
     return [r.seconds / max(1, len(r.loss)) for r in runs]
 
 
+# ----------------------------------------------------------------------------- the all-optimizers page
+def page_rows(sweep: Sweep, runs: dict, timings: dict, unigram_bpb: float, margin_bpb: float,
+              baseline: str = "adamw") -> list[dict]:
+    """One row per optimizer of ``sweep``, each at its own best learning rate: test bits/byte per
+    seed, the paired per-seed difference to ``baseline`` (:func:`replib.claims.paired`), whether every
+    seed learned (ended ``margin_bpb`` below the byte-unigram loss), the tokens-to-target ratio
+    against the baseline's final test loss per seed (:func:`speedup`), the optimizer-state bytes
+    over the parameter bytes, and the optimizer step's time relative to the baseline's (median
+    and quartiles of the per-round ratios of ``timings``, :func:`optimizer_step_timings`)."""
+    base = at_best(sweep, runs, baseline)
+    base_bpb = [r.final_test_bpb for r in base]
+    rows = []
+    for name in sweep.runs:
+        best = at_best(sweep, runs, name)
+        bpb = [r.final_test_bpb for r in best]
+        sp = [speedup(b, m) for b, m in zip(base, best)]
+        t = timings.get(name)
+        per_round = (np.array(t.seconds) / np.array(timings[baseline].seconds)) if t is not None else None
+        rows.append({
+            "optimizer": name, "best_lr": sweep.best_lr(name), "test_bpb": bpb,
+            "vs_baseline": paired(bpb, base_bpb, names=(name, baseline)),
+            "learned": all(math.isfinite(v) and v < unigram_bpb - margin_bpb for v in bpb),
+            "speedup": [v for v, _ in sp], "reached": [ok for _, ok in sp],
+            "state_over_params": best[0].state_bytes / best[0].param_bytes,
+            "state_bytes": best[0].state_bytes,
+            "step_time_ratio": float(np.median(per_round)) if per_round is not None else math.nan,
+            "step_time_iqr": (tuple(float(q) for q in np.percentile(per_round, [25, 75]))
+                              if per_round is not None else (math.nan, math.nan)),
+            "seconds_per_step": seconds_per_step(best),
+        })
+    return rows
+
+
+def overview_figure(rows: list[dict], unigram_bpb: float, baseline: str = "adamw"):
+    """Four panels, one column per optimizer (ordered as ``rows``): final test bits/byte at its own
+    best lr (seeds as dots, the paired difference to the baseline written under it), the
+    tokens-to-target ratio against the baseline's final loss, optimizer-state bytes per parameter
+    byte, and the optimizer step's time relative to the baseline's (median, quartile whiskers)."""
+    names = [r["optimizer"] for r in rows]
+    colors = dict(zip(names, palette(len(names))))
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.9))
+    seed_dots(axes[0], {r["optimizer"]: r["test_bpb"] for r in rows}, "final test bits/byte",
+              bars=False, colors=colors)
+    axes[0].axhline(unigram_bpb, color="grey", ls="--", lw=1, label="byte unigram")
+    base_mean = float(np.nanmean(next(r for r in rows if r["optimizer"] == baseline)["test_bpb"]))
+    axes[0].axhline(base_mean, color="black", ls="-.", lw=0.8, label=f"{baseline} (mean)")
+    for i, r in enumerate(rows):
+        if r["optimizer"] != baseline:
+            axes[0].annotate(f"Δ {r['vs_baseline'].mean:+.3f}", (i, 0), xycoords=("data", "axes fraction"),
+                             ha="center", xytext=(0, 4), textcoords="offset points", fontsize=8)
+    axes[0].set_title("at each optimizer's own best lr")
+    axes[0].legend(fontsize=7, loc="upper left")
+    seed_dots(axes[1], {r["optimizer"]: r["speedup"] for r in rows}, f"tokens-to-target ratio vs {baseline}",
+              bars=False, colors=colors)
+    axes[1].axhline(1.0, color="black", lw=0.8)
+    axes[1].set_title(f"reaching {baseline}'s final loss (>1: faster)")
+    axes[2].bar(range(len(rows)), [r["state_over_params"] for r in rows], color=[colors[n] for n in names])
+    axes[2].set_xticks(range(len(rows)), names)
+    axes[2].set(ylabel="state bytes / parameter bytes", title="optimizer state (measured), from 0")
+    med = [r["step_time_ratio"] for r in rows]
+    lo = [m - r["step_time_iqr"][0] for m, r in zip(med, rows)]
+    hi = [r["step_time_iqr"][1] - m for m, r in zip(med, rows)]
+    axes[3].bar(range(len(rows)), med, yerr=[lo, hi], capsize=4, color=[colors[n] for n in names])
+    axes[3].axhline(1.0, color="black", lw=0.8)
+    axes[3].set_xticks(range(len(rows)), names)
+    axes[3].set(ylabel=f"optimizer step time / {baseline}'s", title="optimizer step alone, from 0")
+    for ax in axes:
+        ax.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout()
+    return fig
+
+
 __all__ = ["LMData", "OptRun", "at_best", "effective_rank", "lm_data_split", "log_ratio", "make_optimizer",
-           "newton_schulz", "optimizer_step_timings", "optimizer_sweep", "run_lm", "seconds_per_step",
-           "speedup", "steps_to_target", "sweep_record", "update_effective_ranks"]
+           "newton_schulz", "optimizer_step_timings", "optimizer_sweep", "overview_figure", "page_rows", "run_lm",
+           "seconds_per_step", "speedup", "steps_to_target", "sweep_record", "update_effective_ranks"]
