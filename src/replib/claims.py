@@ -125,6 +125,7 @@ class Paired:
     b: str
     diffs: tuple[float, ...]
     confidence: float = 0.95
+    unit: str = "seed"  # what a pair is: a seed, or a timing round ("round")
 
     @property
     def n(self) -> int:
@@ -146,25 +147,26 @@ class Paired:
         spec = spec or ".3g"
         lo, hi = self.interval
         return (f"{self.a} − {self.b} = {self.mean:+{spec}} [{lo:+{spec}}, {hi:+{spec}}] "
-                f"({self.confidence:.0%} t-interval, {self.n} paired seed{'s' * (self.n != 1)}; "
-                f"per seed: {', '.join(f'{d:+{spec}}' for d in self.diffs)})")
+                f"({self.confidence:.0%} t-interval, {self.n} paired {self.unit}{'s' * (self.n != 1)}; "
+                f"per {self.unit}: {', '.join(f'{d:+{spec}}' for d in self.diffs)})")
 
     def to_json(self) -> dict:
         lo, hi = self.interval
         fin = lambda x: x if math.isfinite(x) else None  # noqa: E731
         return {"a": self.a, "b": self.b, "diffs": list(self.diffs), "mean": fin(self.mean),
-                "lo": fin(lo), "hi": fin(hi), "confidence": self.confidence}
+                "lo": fin(lo), "hi": fin(hi), "confidence": self.confidence, "unit": self.unit}
 
 
 def paired(a: "Stat | Iterable[float | None]", b: "Stat | Iterable[float | None]", *,
-           names: tuple[str, str] = ("a", "b"), confidence: float = 0.95) -> Paired:
-    """The paired differences ``a - b`` over seeds (both sequences in the same seed order)."""
+           names: tuple[str, str] = ("a", "b"), confidence: float = 0.95, unit: str = "seed") -> Paired:
+    """The paired differences ``a - b`` over seeds (both sequences in the same seed order), or over
+    another pairing named by ``unit`` (``"round"``: interleaved timing rounds)."""
     a, b = (x if isinstance(x, Stat) else Stat.of(x) for x in (a, b))
     if a.n != b.n:
         raise ReplibError(f"paired comparison needs the same seeds: {names[0]} has {a.n} values, "
                           f"{names[1]} {b.n}")
     diffs = tuple(x - y for x, y in zip(a.values, b.values) if math.isfinite(x) and math.isfinite(y))
-    return Paired(names[0], names[1], diffs, confidence)
+    return Paired(names[0], names[1], diffs, confidence, unit)
 
 
 def decide_side(p: Paired, *, claimed: str, threshold: float = 0.0) -> Verdict:
@@ -290,14 +292,14 @@ def graded(full: Part, partial: Part = False) -> Verdict:
 
 
 def log_paired(a: "Stat | Sequence[float]", b: "Stat | Sequence[float] | float", *,
-               names: tuple[str, str]) -> Paired:
+               names: tuple[str, str], unit: str = "seed") -> Paired:
     """Paired differences of logarithms, ``log a_s - log b_s`` (a ratio test; ``b`` may be one
     constant, then it is a one-sample interval for ``log a`` against ``log b``). A non-positive or
     non-finite value counts as diverged (``nan``) and its seed is left out."""
     a = a.values if isinstance(a, Stat) else tuple(a)
     b = (b,) * len(a) if isinstance(b, (int, float)) else (b.values if isinstance(b, Stat) else tuple(b))
     lg = lambda v: math.log(v) if math.isfinite(v) and v > 0 else math.nan  # noqa: E731
-    return paired([lg(x) for x in a], [lg(x) for x in b], names=names)
+    return paired([lg(x) for x in a], [lg(x) for x in b], names=names, unit=unit)
 
 
 @dataclass(frozen=True)
