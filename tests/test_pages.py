@@ -294,3 +294,58 @@ def test_what_we_learned_opens_with_the_finding(book):
     assert src.count("replib-learned") == 1 and src.startswith("## What we learned\n\n<p")
     assert "Of the paper's 1 claim we tested at gpu scale (1 seed (0)), not replicated: C1." in src
     assert src.endswith("Long text.")
+
+
+# ---------------------------------------------------------------- figures and citations
+
+def test_a_figure_describes_itself_for_its_alt_text_and_caption():
+    """replib.plotting.describe reads what a figure shows off the figure (title, each panel's
+    axes, log scales, legend entries or categories); sphinx_ext.figure_words splits it into
+    caption and alt text, and still says something of an old bare repr."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from replib import plotting
+    from replib.book.sphinx_ext import figure_words
+
+    fig, (a, b) = plt.subplots(1, 2)
+    a.plot([1, 2], [3, 4], label="LayerNorm")
+    a.plot([1, 2], [4, 5], label="$\\sigma$Norm")
+    a.set(xlabel="step", ylabel="loss (bits/byte)", yscale="log", title="Validation loss")
+    a.legend()
+    plotting.seed_dots(b, {"BN": [1.0, 2.0], "LN": [2.0, 3.0]}, "accuracy")
+    fig.suptitle("LayerNorm against BatchNorm")
+    words = plotting.describe(fig)
+    caption, alt = figure_words(words)
+    assert caption == "LayerNorm against BatchNorm."
+    for part in ("2 panels", "loss (bits/byte) against step", "y on a log scale",
+                 "legend: LayerNorm, sigmaNorm", "categories: BN, LN", "Validation loss"):
+        assert part in alt, (part, alt)
+    fig.suptitle("")
+    caption, alt = figure_words(plotting.describe(fig))
+    assert caption == "Validation loss." and alt.count("Validation loss") == 1  # said once
+    plt.close(fig)
+    assert figure_words("<Figure size 1320x418 with 2 Axes>") == ("A figure with 2 panels.",) * 2
+
+
+def test_bibliography_labels_read_like_the_text_citations():
+    from pybtex.database import Entry, Person
+
+    from replib.book.sphinx_ext import AuthorYearLabels, author_year
+
+    def entry(key, year, *names):
+        e = Entry("article", fields={"year": year})
+        e.persons["author"] = [Person(n) for n in names]
+        e.key = key
+        return e
+    assert author_year(entry("a", "2016", "Jimmy Lei Ba", "Jamie Kiros", "Geoffrey Hinton")) == \
+        "Ba et al., 2016"
+    assert author_year(entry("b", "2015", "Sergey Ioffe", "Christian Szegedy")) == \
+        "Ioffe and Szegedy, 2015"
+    twins = [entry("c", "2025", "Jiachen Zhu", "X Chen"), entry("d", "2025", "Jiachen Zhu", "Y Li")]
+    twins += [entry("e", "2025", "Ann Zhu")]
+    assert list(AuthorYearLabels().format_labels(twins)) == [
+        "Zhu and Chen, 2025", "Zhu and Li, 2025", "Zhu, 2025"]
+    same = [entry("f", "2025", "A Zhu", "B X", "C Y"), entry("g", "2025", "A Zhu", "D X", "E Y")]
+    assert list(AuthorYearLabels().format_labels(same)) == ["Zhu et al., 2025a", "Zhu et al., 2025b"]

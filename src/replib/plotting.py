@@ -4,6 +4,10 @@
 figure with eleven lines repeats none), figures drawn at twice their pixel density for retina
 screens (``retina`` PNG: crisp, yet displayed at the text column's width), and legends without
 frames. :func:`palette` gives ``n`` distinct colours for a figure with more lines than that.
+
+Each figure also says in words what it shows (:func:`describe`: its title, every panel's axes,
+scales and legend entries), as the plain-text form IPython stores beside the PNG; the book's build
+makes that the figure's alt text and numbered caption (``replib.book.sphinx_ext``).
 """
 from __future__ import annotations
 
@@ -32,15 +36,86 @@ def palette(n: int) -> list:
     return base[:n] if n <= len(base) else list(sns.color_palette("husl", n))
 
 
+def _plain(text: str) -> str:
+    """A label as words: mathtext's dollars and backslashes out, whitespace collapsed."""
+    return " ".join(text.replace("$", "").replace("\\", "").split())
+
+
+def _listed(items: Sequence[str], most: int = 8) -> str:
+    items = [i for i in dict.fromkeys(_plain(t) for t in items) if i and not i.startswith("_")]
+    extra = f" and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + extra
+
+
+def _panel(ax, titled: bool = True) -> str:
+    """One panel in words: its title (``titled=False``: not again, the caption has it), what is
+    plotted against what (and on which scale), the marks, the legend entries or the categories
+    along x."""
+    title = " ".join(_plain(ax.get_title(loc)) for loc in ("left", "center", "right")).strip()
+    title = title if titled else ""
+    x, y = _plain(ax.get_xlabel()), _plain(ax.get_ylabel())
+    log = [name for name, scale in (("x", ax.get_xscale()), ("y", ax.get_yscale()))
+           if scale != "linear"]
+    what = f"{y or 'values'} against {x}" if x else (y or "")
+    what += f" ({' and '.join(log)} on a log scale)" if log and what else ""
+    marks = []
+    if ax.images:
+        marks.append("a heat map")
+    if ax.containers:
+        marks.append("bars")
+    lines = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+    if lines:
+        marks.append(f"{len(lines)} line{'s' if len(lines) > 1 else ''}")
+    legend = ax.get_legend()
+    entries = _listed([t.get_text() for t in legend.get_texts()]) if legend else ""
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    categories = (_listed(ticks) if ticks and not any(
+        t.replace("−", "-").replace(".", "").replace("-", "").replace("e", "").isdigit()
+        for t in ticks if t) else "")
+    parts = [p for p in (title, what) if p]
+    text = ": ".join(parts) if parts else "a panel"
+    text += f", {' and '.join(marks)}" if marks else ""
+    text += f"; legend: {entries}" if entries else f"; categories: {categories}" if categories else ""
+    return text
+
+
+def describe(fig) -> str:
+    """What a figure shows, in words, for its alt text: a first line that can serve as its caption
+    (the figure's title, else its first panel's), then each panel (:func:`_panel`)."""
+    panels = [ax for ax in fig.axes if ax.get_visible() and not hasattr(ax, "_colorbar")]
+    suptitle = _plain(fig._suptitle.get_text()) if getattr(fig, "_suptitle", None) else ""
+    named = None if suptitle else next((ax for ax in panels if ax.get_title()), None)
+    described = [_panel(ax, titled=ax is not named) for ax in panels]
+    first = (suptitle or (_plain(named.get_title()) if named else "")
+             or (described[0].split(",")[0] if described else "A figure"))
+    if len(described) == 1:
+        body = described[0]
+    else:
+        body = f"{len(described)} panels. " + " ".join(
+            f"Panel {i} ({d})." for i, d in enumerate(described, 1))
+    legends = [_listed([t.get_text() for t in lg.get_texts()]) for lg in fig.legends]
+    body += "".join(f" Legend: {entries}." for entries in legends if entries)
+    first = first[0].upper() + first[1:] if first else first
+    return f"{first.rstrip('.')}.\n{body[0].upper() + body[1:] if body else body}".rstrip()
+
+
+def _describe_plain(fig, printer, cycle) -> None:
+    printer.text(describe(fig))
+
+
 def retina() -> None:
-    """Inline figures as PNG at twice the pixel density, shown at their nominal size (IPython)."""
+    """Inline figures as PNG at twice the pixel density, shown at their nominal size, with
+    :func:`describe`'s words as their plain-text form (IPython; the book's alt text)."""
     try:
         from IPython import get_ipython
+        from matplotlib.figure import Figure
         from matplotlib_inline.backend_inline import set_matplotlib_formats
     except ImportError:  # no IPython display machinery: nothing to set
         return
-    if get_ipython() is not None:  # a kernel (a plain script has no inline figures)
+    shell = get_ipython()
+    if shell is not None:  # a kernel (a plain script has no inline figures)
         set_matplotlib_formats("retina")
+        shell.display_formatter.formatters["text/plain"].for_type(Figure, _describe_plain)
 
 
 def theme() -> None:
