@@ -103,6 +103,7 @@ def test_linear_weights_are_a_convex_mix_and_token_zero_sees_itself():
 
 @pytest.mark.parametrize("name,kw", [("linear", {}), ("linear", {"feature_map": "relu"}),
                                      ("nala", {}), ("nala", {"rope": False, "lepe": True}),
+                                     ("nala", {"split": False}),
                                      ("transnormer", {}), ("transnormer", {"decay": False, "gate": False})])
 def test_registry_entries_give_equal_outputs_in_every_form(name, kw):
     x = rand(2, 11, 16)
@@ -137,6 +138,8 @@ def test_nala_kernel_on_positive_entries_and_the_cosine_inhibit():
     assert (fq @ fk.T == 0).all()
     fq, fk = nala_features(-q, -k)  # negative-negative interactions kept
     torch.testing.assert_close(fq @ fk.T, want)
+    fq, fk = nala_features(-q, -k, split=False)  # ... and dropped by the ReLU-only kernel
+    assert (fq @ fk.T == 0).all()
 
 
 def test_nala_weights_rows_sum_to_one_and_depend_on_the_query_norm():

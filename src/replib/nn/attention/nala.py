@@ -50,13 +50,16 @@ def query_power(q: torch.Tensor, lam: float = LAMBDA) -> torch.Tensor:
     return lam * (0.5 + torch.tanh(q.norm(dim=-1, keepdim=True)))
 
 
-def nala_features(q: torch.Tensor, k: torch.Tensor, lam: float = LAMBDA
+def nala_features(q: torch.Tensor, k: torch.Tensor, lam: float = LAMBDA, split: bool = True
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """:math:`\\phi(q), \\phi(k)` of width ``2d``: the ReLU split of the powered query direction
-    and of the cubed key (``[positive part, negative part]``)."""
+    and of the cubed key (``[positive part, negative part]``). ``split=False`` keeps the positive
+    part only (width ``d``): the ReLU-only kernel that drops negative-negative interactions (C3)."""
     k = k * k * k
     n = q.norm(dim=-1, keepdim=True)
     p = lam * (0.5 + torch.tanh(n))
+    if not split:
+        return (F.relu(q) / n) ** p, F.relu(k)
     phi_q = torch.cat([(F.relu(q) / n) ** p, (F.relu(-q) / n) ** p], dim=-1)
     return phi_q, torch.cat([F.relu(k), F.relu(-k)], dim=-1)
 
@@ -79,17 +82,17 @@ def theta_shift(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.
 
 
 def rotate_halves(phi: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """:math:`\\tilde\\phi`: RoPE on the positive and the negative half separately."""
-    pos, neg = phi.chunk(2, dim=-1)
-    return torch.cat([theta_shift(pos, sin, cos), theta_shift(neg, sin, cos)], dim=-1)
+    """:math:`\\tilde\\phi`: RoPE on each ``d``-wide part (positive, negative) separately."""
+    parts = phi.split(sin.shape[-1], dim=-1)
+    return torch.cat([theta_shift(part, sin, cos) for part in parts], dim=-1)
 
 
 def nala_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
-                   rope: bool = True, lam: float = LAMBDA, form: str = "parallel",
-                   chunk: int = 64) -> torch.Tensor:
+                   rope: bool = True, lam: float = LAMBDA, split: bool = True,
+                   form: str = "parallel", chunk: int = 64) -> torch.Tensor:
     """NaLa on ``(B, H, T, d)`` heads. Non-causal: the official equations (means over all tokens).
     Causal: the same with prefix means, in ``form`` (parallel, chunked or recurrent)."""
-    phi_q, phi_k = nala_features(q, k, lam)
+    phi_q, phi_k = nala_features(q, k, lam, split)
     T = q.shape[-2]
     if rope:
         sin, cos = rope_angles(T, q.shape[-1], dtype=q.dtype, device=q.device)
@@ -124,21 +127,23 @@ class NaLaAttention(Attention):
     the official output gate ``LayerNorm(o) * SiLU(g)`` with ``g = W_g x`` (``gate=True``)."""
 
     def __init__(self, d_model: int, n_head: int, *, rope: bool = True, gate: bool = True,
-                 lepe: bool = False, lam: float = LAMBDA, form: str = "chunked", chunk: int = 64, **kw):
+                 lepe: bool = False, split: bool = True, lam: float = LAMBDA, form: str = "chunked",
+                 chunk: int = 64, **kw):
         super().__init__(d_model, n_head, **kw)
         if form not in FORMS:
             raise ReplibError(f"unknown form {form!r}; valid: {', '.join(FORMS)}")
         if rope and self.head_dim % 2:
             raise ReplibError(f"NaLa's rotary features need an even head dim, got {self.head_dim}")
         d_attn = self.n_head * self.head_dim
-        self.rope, self.lam, self.form, self.chunk = rope, lam, form, chunk
+        self.rope, self.lam, self.split, self.form, self.chunk = rope, lam, split, form, chunk
         self.gate = nn.Linear(d_model, d_attn, bias=kw.get("bias", True)) if gate else None
         self.ln = nn.LayerNorm(d_attn) if gate else None
         # causal depthwise conv on v (left padding): LePE's local positional term, width 5
         self.lepe = nn.Conv1d(d_attn, d_attn, 5, groups=d_attn) if lepe else None
 
     def mix(self, q, k, v, x=None):
-        o = nala_attention(q, k, v, rope=self.rope, lam=self.lam, form=self.form, chunk=self.chunk)
+        o = nala_attention(q, k, v, rope=self.rope, lam=self.lam, split=self.split, form=self.form,
+                           chunk=self.chunk)
         if self.lepe is None and self.gate is None:
             return o
         B, H, T, D = o.shape
