@@ -103,3 +103,16 @@ def test_sweeps_qualifiers_and_legacy_verdicts_round_trip(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(rec))
     old = results.read(tmp_path / "old.json")
     assert Claim.from_json(old["claims"][0]).verdict.value == "inconclusive"
+
+
+def test_sizes_entry_may_ask_for_more_seeds_and_the_parameter_wins():
+    table = {s: {"steps": 1, "seeds": n} for s, n in (("smoke", 1), ("cpu", 10), ("gpu", 10))}
+    exp = Experiment("99-x", scale="cpu")
+    exp.sizes(table)
+    assert exp.seeds == list(range(10))
+    given = Experiment("99-x", scale="cpu", seeds=[4, 5])
+    given.sizes(table)
+    assert given.seeds == [4, 5]
+    plain = Experiment("99-x", scale="cpu")
+    plain.sizes({s: {"steps": 1} for s in ("smoke", "cpu", "gpu")})
+    assert plain.seeds == [0, 1, 2]

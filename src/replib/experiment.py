@@ -39,6 +39,7 @@ class Experiment:
         self.scale = get_scale(scale)
         self.device = resolve_device(device)
         self.seeds = resolve_seeds(scale, seeds)
+        self._seeds_given = seeds is not None
         self.claims: dict[str, Claim] = {}
         self.measurements: dict[str, dict] = {}
         self.sweeps: dict[str, dict] = {}
@@ -63,7 +64,13 @@ class Experiment:
                 f"{self.started_at.strftime('%Y-%m-%d %H:%M UTC')}")
 
     def sizes(self, table: Mapping[str, Mapping]) -> SimpleNamespace:
-        return pick(table, self.scale.name)
+        """The running scale's entry of a chapter's sizes table. An entry may hold ``seeds`` (a
+        count or a list): a chapter whose runs are cheap asks for more seeds than the scale's
+        default that way; the notebook's ``seeds`` parameter, when given, still wins."""
+        cfg = pick(table, self.scale.name)
+        if getattr(cfg, "seeds", None) is not None and not self._seeds_given:
+            self.seeds = resolve_seeds(self.scale.name, cfg.seeds)
+        return cfg
 
     def uses(self, name: str, **facts) -> None:
         """Record a data set's provenance (its sha256, size, source) in the results file."""
