@@ -283,6 +283,17 @@ def test_cells_are_tagged_and_outputs_scrubbed(tmp_path):
     assert [o.data["text/plain"] for o in echo.outputs] == ["inconclusive"]
 
 
+def test_one_seed_is_counted_in_the_singular_in_outputs(tmp_path):
+    cell = nbformat.v4.new_code_cell("report()")
+    cell.outputs = [nbformat.v4.new_output("stream", text="22 runs: 11 norms x 2 lrs x 1 seeds, "
+                                           "diverged in 1/1 seeds; 11 seeds; 21 seeds\n")]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [cell]
+    pages.polish_cells(nb, tmp_path)
+    assert cell.outputs[0].text == ("22 runs: 11 norms x 2 lrs x 1 seed, diverged in 1/1 seeds; "
+                                    "11 seeds; 21 seeds\n")
+
+
 def test_what_we_learned_opens_with_the_finding(book):
     root, chapters, results = book
     nb = nbformat.v4.new_notebook()

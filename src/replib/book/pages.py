@@ -600,9 +600,13 @@ def _tag(cell, tag: str) -> None:
         tags.append(tag)
 
 
+ONE_SEEDS_RE = re.compile(r"(?<![\d/.,])\b1 seeds\b")
+
+
 def _scrub_text(text: str, root: Path) -> str:
-    """Absolute paths of the build machine out of an output's text."""
-    text = text.replace(f"{root}/", "")
+    """Absolute paths of the build machine out of an output's text, and a count of one seed in
+    the singular ("x 1 seeds" from a format string that assumed several reads "x 1 seed")."""
+    text = ONE_SEEDS_RE.sub("1 seed", text.replace(f"{root}/", ""))
     return re.sub(r"(/[^\s/'\"]+)+/(site-packages|dist-packages)/", r"…/\2/", text)
 
 
