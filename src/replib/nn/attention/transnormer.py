@@ -80,7 +80,7 @@ class SRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        return (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        return F.rms_norm(y, (self.dim,), None, self.eps).type_as(x)  # x * rsqrt(mean(x^2) + eps)
 
 
 @register_attention("transnormer")
