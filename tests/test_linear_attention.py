@@ -296,3 +296,68 @@ def test_srmsnorm_has_no_parameters_and_unit_mean_square():
     torch.testing.assert_close(y.pow(2).mean(-1), 1 / (1 + 1e-6 / ms))
     torch.testing.assert_close(n(x.half()).float(), y.float(), rtol=2e-3, atol=2e-3)  # computed in float32
     assert n(x.half()).dtype == torch.float16
+
+
+# ------------------------------------------------------------------ the chapters' rules on known answers
+def _judge(rule, metrics):
+    from replib.claims import Stat
+    return rule.apply({k: Stat.of(v) for k, v in metrics.items()})[0]
+
+
+def test_entropy_rule_on_known_answers():
+    from replib.claims import Verdict
+    from replib.experiments.nala import entropy_rule
+    base = {"softmax rho": [-0.97, -0.98], "relu-linear rho": [0.01, -0.02], "elu1-linear rho": [-0.9, -0.9]}
+    assert _judge(entropy_rule(), {**base, "nala rho": [-0.7, -0.6]}) is Verdict.REPLICATED
+    assert _judge(entropy_rule(), {**base, "nala rho": [-0.1, -0.2]}) is Verdict.NOT_REPLICATED
+    assert _judge(entropy_rule(), {**base, "nala rho": [-0.7, -0.2]}) is Verdict.INCONCLUSIVE
+    assert _judge(entropy_rule(), {**base, "relu-linear rho": [0.3, 0.3], "nala rho": [-0.7, -0.6]}) \
+        is Verdict.INCONCLUSIVE
+
+
+def test_entropy_correlation_separates_softmax_from_relu_linear():
+    from replib.experiments.nala import entropy_correlation
+    r = entropy_correlation(0)
+    assert r["softmax"]["rho"] < -0.9 and abs(r["relu-linear"]["rho"]) < 0.05
+
+
+def test_nala_and_tnl_quality_rules_on_known_answers():
+    from replib.claims import Health, Verdict
+    from replib.experiments.nala import nala_quality_rule
+    from replib.experiments.transnormer import tnl_quality_rule
+    h = Health(reference=6.0, margin=0.07)
+    eps = [0.0, 0.01, -0.01]
+    m = {"softmax": [2.0 + e for e in eps], "relu-linear": [2.5 + e for e in eps],
+         "elu1-linear": [2.4 + e for e in eps], "nala": [2.1 + e + 0.001 * i for i, e in enumerate(eps)]}
+    rule = nala_quality_rule(h, ("relu-linear", "elu1-linear"))
+    assert _judge(rule, m) is Verdict.REPLICATED
+    assert _judge(rule, {**m, "nala": [2.6 + e + 0.001 * i for i, e in enumerate(eps)]}) is Verdict.NOT_REPLICATED
+    assert _judge(rule, {**m, "nala": [2.1, 6.5, 2.1]}) is Verdict.INCONCLUSIVE  # health gate
+    t = {"transformer": [2.0, 2.1, 1.9], "tnl": [1.99, 2.09, 1.891], "tnl-no-decay": [2.2, 2.31, 2.1]}
+    assert _judge(tnl_quality_rule(h), t) is Verdict.REPLICATED
+    assert _judge(tnl_quality_rule(h), {**t, "tnl": [2.2, 2.31, 2.092]}) is Verdict.NOT_REPLICATED
+
+
+def test_decode_rule_on_known_answers():
+    from replib.claims import Verdict
+    from replib.experiments.transnormer import decode_rule
+    m = {"tnl time ratio": [1.0, 1.1], "softmax time ratio": [3.0, 3.2], "state growth": [1.0, 1.0],
+         "tnl max error": [1e-6, 2e-6]}
+    assert _judge(decode_rule(), m) is Verdict.REPLICATED
+    assert _judge(decode_rule(), {**m, "state growth": [2.0, 2.0]}) is Verdict.NOT_REPLICATED
+    assert _judge(decode_rule(), {**m, "tnl max error": [1e-6, 1e-3]}) is Verdict.NOT_REPLICATED
+    assert _judge(decode_rule(), {**m, "tnl time ratio": [3.0, 3.0]}) is Verdict.NOT_REPLICATED
+
+
+def test_saved_bytes_quadratic_for_the_masked_form_linear_for_blocks():
+    from replib.experiments.nala import saved_bytes
+    s = alibi_slopes(2).float()
+
+    def saved(f, T):
+        q, k, v = (torch.randn(1, 2, T, 8, requires_grad=True) for _ in range(3))
+        return saved_bytes(lambda: f(q, k, v, s))
+
+    naive = saved(decayed_parallel, 512) / saved(decayed_parallel, 256)
+    blocks = saved(lambda q, k, v, s: lightning_attention(q, k, v, s, 32), 512) / \
+        saved(lambda q, k, v, s: lightning_attention(q, k, v, s, 32), 256)
+    assert naive > 3.0 and blocks < 2.5, (naive, blocks)
