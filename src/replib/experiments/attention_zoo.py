@@ -1,0 +1,190 @@
+r"""The attention zoo: every kernel of :mod:`replib.nn.attention` on the same inputs, lengths and
+budget (the page ``92-attention-zoo``). It grows when a kernel is registered.
+
+Three measurements, each generic over the registry:
+
+- :func:`output_gap`: how far a kernel's output lies from exact softmax attention on the same
+  input. Both modules are built with the same seed and share the ``qkv``/``proj`` weights (copied
+  from the softmax module); a kernel's own parameters stay at their initialisation. For an
+  approximation of softmax (HyperAttention) this is its approximation error; for a different
+  mixer (linear attention, decays, gates) it says how different the mixer is, not how good.
+  Relative Frobenius error :math:`\lVert y - y_\mathrm{softmax}\rVert / \lVert y_\mathrm{softmax}\rVert`.
+- :func:`scaling`: forward + backward time of one attention module against the context length
+  (interleaved across kernels at each length, :func:`replib.timing.compare`) and memory: the bytes
+  of the tensors autograd saves for the backward pass (deterministic on every device: a
+  :math:`T\times T` score matrix shows as quadratic growth), and on CUDA the peak allocated bytes.
+  :func:`fit_exponent` fits :math:`\log t = a + b\log T` over the longer half of the lengths.
+- :func:`lm_sweep`: each kernel in the same Pre-norm TinyGPT, byte-level LM on the book's corpus,
+  one learning-rate grid for all, each at its own best (:func:`replib.train.lr_sweep`).
+
+A kernel that fails to build or run at some length is recorded with its error, not raised.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from ..nn.attention import create_attention
+from ..plotting import palette
+from ..runtime import seed_everything, synchronize, torch_threads
+from ..timing import compare
+from ..train import Sweep
+from ..train import lr_sweep as _lr_sweep
+from .placement import LMData, run_placement, sweep_record
+
+
+def paired_modules(name: str, d_model: int, n_head: int, seq_len: int, seed: int = 0,
+                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """``(kernel, softmax)`` modules in eval mode sharing ``qkv`` and ``proj`` weights."""
+    seed_everything(seed)
+    ref = create_attention("softmax", d_model, n_head, seq_len=seq_len).to(device, dtype).eval()
+    seed_everything(seed)
+    mod = create_attention(name, d_model, n_head, seq_len=seq_len).to(device, dtype).eval()
+    with torch.no_grad():
+        for part in ("qkv", "proj"):
+            getattr(mod, part).load_state_dict(getattr(ref, part).state_dict())
+    return mod, ref
+
+
+@torch.no_grad()
+def output_gap(name: str, *, d_model: int, n_head: int, seq_len: int, seed: int = 0,
+               input_scale: float = 1.0, device: torch.device | str = "cpu") -> float:
+    """Relative Frobenius distance of ``name``'s output from softmax attention's on one Gaussian
+    input of shape ``(2, seq_len, d_model)`` times ``input_scale`` (larger: peakier softmax)."""
+    mod, ref = paired_modules(name, d_model, n_head, seq_len, seed, device)
+    x = input_scale * torch.randn(2, seq_len, d_model, generator=torch.Generator().manual_seed(seed)).to(device)
+    y, y0 = mod(x), ref(x)
+    return float((y - y0).norm() / y0.norm())
+
+
+def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd saves for the backward pass of ``module(x).sum()`` (each
+    storage counted once)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        if t.device.type != "meta":
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x).sum()
+    return int(sum(seen.values()))
+
+
+def scaling(names: Sequence[str], lengths: Sequence[int], *, d_model: int, n_head: int, batch: int = 1,
+            warmup: int = 2, reps: int = 5, device: torch.device | str = "cpu",
+            threads: int | None = 1) -> dict:
+    """Forward + backward seconds (every rep), saved-for-backward bytes and, on CUDA, peak bytes
+    per kernel and length: ``{"seconds": {name: {T: [...]}}, "saved": ..., "peak": ..., "failures": ...}``."""
+    device = torch.device(device)
+    out = {"seconds": {n: {} for n in names}, "saved": {n: {} for n in names},
+           "peak": {n: {} for n in names}, "failures": {}}
+    with torch_threads(threads if device.type == "cpu" else None):
+        for T in lengths:
+            x = torch.randn(batch, T, d_model, generator=torch.Generator().manual_seed(T)).to(device)
+            fns = {}
+            for name in names:
+                if name in out["failures"]:
+                    continue
+                try:
+                    mod = paired_modules(name, d_model, n_head, T, 0, device)[0].train()
+                    out["saved"][name][T] = saved_bytes(mod, x)
+                    out["peak"][name][T] = _peak_bytes(mod, x, device)
+                    fns[name] = _fwd_bwd(mod, x)
+                except Exception as e:  # noqa: BLE001  a kernel's failure is a result, not a crash
+                    out["failures"][name] = f"T={T}: {type(e).__name__}: {e}"
+            for name, t in compare(fns, device, warmup=warmup, reps=reps).items():
+                out["seconds"][name][T] = list(t.seconds)
+    return out
+
+
+def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor):
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        module(x).sum().backward()
+    return step
+
+
+def _peak_bytes(module: torch.nn.Module, x: torch.Tensor, device: torch.device) -> float:
+    if device.type != "cuda":
+        return math.nan
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    _fwd_bwd(module, x)()
+    synchronize(device)
+    return float(torch.cuda.max_memory_allocated(device) - base)
+
+
+def fit_exponent(lengths: Sequence[int], values: Sequence[float], tail: float = 0.5) -> float:
+    """Slope ``b`` of ``log value = a + b log T`` over the longest ``tail`` fraction of the lengths
+    (at least two points): ~2 for quadratic attention, ~1 for linear, once the length dominates."""
+    pts = sorted((T, v) for T, v in zip(lengths, values) if v is not None and math.isfinite(v) and v > 0)
+    pts = pts[-max(2, math.ceil(tail * len(pts))):]
+    if len(pts) < 2:
+        return math.nan
+    T, v = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    return float(np.polyfit(T, v, 1)[0])
+
+
+def lm_sweep(names: Iterable[str], grid: Iterable[float], seeds: Iterable[int], data: LMData,
+             progress: bool = True, **kw) -> tuple[Sweep, dict, dict[str, str]]:
+    """Every kernel in a Pre-norm TinyGPT at every lr of one ``grid`` and every seed (``kw`` go to
+    :func:`~replib.experiments.placement.run_placement`). Returns the sweep (selected on validation
+    bits/byte), the runs keyed ``(name, lr, seed)`` and the kernels that failed, with their error."""
+    runs, failures = {}, {}
+    names = list(names)
+
+    def one(name: str, lr: float, seed: int) -> dict:
+        if name in failures:
+            return {"val": math.nan, "test": math.nan, "diverged": True}
+        try:
+            runs[(name, lr, seed)] = r = run_placement("pre", seed, lr, data,
+                                                       model_kwargs={"attention": name}, **kw)
+        except Exception as e:  # noqa: BLE001  recorded, the page goes on
+            failures[name] = f"{type(e).__name__}: {e}"
+            return {"val": math.nan, "test": math.nan, "diverged": True}
+        return sweep_record(r)
+
+    sweep = _lr_sweep(names, list(grid), list(seeds), one, select_on="val", progress=progress)
+    return sweep, runs, failures
+
+
+def scaling_figure(result: dict, names: Sequence[str]):
+    """Two log-log panels against the context length: forward + backward time (median over reps,
+    quartile whiskers) and saved-for-backward bytes, each kernel labelled with its fitted exponent
+    over the longer half of the lengths (grey guides: slopes 1 and 2)."""
+    colors = dict(zip(names, palette(len(names))))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    for name in names:
+        per = result["seconds"].get(name, {})
+        if not per:
+            continue
+        T = sorted(per)
+        med = [float(np.median(per[t])) for t in T]
+        q = np.array([np.percentile(per[t], [25, 75]) for t in T])
+        axes[0].errorbar(T, med, yerr=[np.array(med) - q[:, 0], q[:, 1] - np.array(med)], marker="o", ms=4,
+                         capsize=3, color=colors[name], label=f"{name} (slope {fit_exponent(T, med):.2f})")
+        sv = [result["saved"][name][t] for t in T]
+        axes[1].plot(T, sv, marker="o", ms=4, color=colors[name], label=f"{name} (slope {fit_exponent(T, sv):.2f})")
+    for ax, what in zip(axes, ("forward + backward seconds", "bytes saved for backward")):
+        ax.set(xscale="log", yscale="log", xlabel="context length T", ylabel=what)
+        lo, hi = ax.get_xlim()
+        y0 = ax.get_ylim()[0] * 3
+        for slope, ls in ((1, ":"), (2, "--")):
+            ax.plot([lo, hi], [y0, y0 * (hi / lo) ** slope], color="grey", ls=ls, lw=0.8, label=f"slope {slope}")
+        ax.set_xlim(lo, hi)
+        ax.legend(fontsize=7)
+    axes[0].set_title("time against context length (log-log)")
+    axes[1].set_title("activation memory against context length (log-log)")
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["fit_exponent", "scaling_figure", "lm_sweep", "output_gap", "paired_modules", "saved_bytes", "scaling"]
