@@ -50,6 +50,6 @@ def create_attention(name: str, d_model: int, n_head: int, **kwargs) -> nn.Modul
 
 
 # Modules that add entries on import (one module per idea).
-from . import softmax, affine, gated, linear, nala, transnormer, hyper  # noqa: E402,F401  isort: skip
+from . import softmax, affine, gated, linear, nala, transnormer, hyper, regression  # noqa: E402,F401  isort: skip
 
 __all__ = ["Attention", "create_attention", "list_attentions", "register_attention"]
