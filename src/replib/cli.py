@@ -3,6 +3,7 @@
     replib run 16 --scale smoke --device cpu --seeds 0,1,2
     replib list
     replib book --scale smoke --jobs 2
+    replib book --scale gpu --executor dask            # one chapter per GPU
     replib bench --device cuda --seconds 30 --compile --amp bf16
 
 Bad input (an unknown chapter, scale or device, CUDA asked for on a machine without it, bad seeds,
@@ -193,6 +194,8 @@ def cmd_book(args) -> int:
     from .book.chapters import book_root, toc_chapters
     from .book.execute import execute_many, expected_seconds, stage_dir, up_to_date
 
+    if args.scheduler and args.executor != "dask":
+        raise ReplibError("--scheduler needs --executor dask")
     root = book_root()
     params = _parameters(args)
     chapters = toc_chapters(root)
@@ -209,7 +212,8 @@ def cmd_book(args) -> int:
           f"{len(chapters) - len(todo)} unchanged; {progress.left()} by their last recorded "
           "wall times", flush=True)
     outcomes = execute_many(root, chapters, params, jobs=args.jobs, force=args.force,
-                            timeout=args.cell_timeout,
+                            timeout=args.cell_timeout, executor=args.executor,
+                            scheduler=args.scheduler,
                             on_start=lambda ch: print(progress.started(ch), flush=True),
                             on_done=lambda o: _print_outcome(o, progress.done(o)))
     print("rendering the site with jupyter-book ...", flush=True)
@@ -285,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(book, seeds=False)
     book.add_argument("--jobs", type=int, default=1, help="chapters executed at once")
     book.add_argument("--force", action="store_true", help="ignore the execution cache")
+    book.add_argument("--executor", choices=("local", "dask"), default="local",
+                      help="local: kernels of this machine; dask: chapters as tasks of a Dask "
+                           "cluster (a LocalCluster of --jobs workers, one per GPU on a GPU "
+                           "machine, or --scheduler's)")
+    book.add_argument("--scheduler", metavar="ADDRESS",
+                      help="with --executor dask: an existing Dask scheduler (tcp://host:8786); "
+                           "its workers must see this checkout at the same path")
     book.add_argument("--fail-over-budget", action="store_true",
                       help="exit non-zero when a chapter exceeds its scale's time budget "
                            "(measured after it ends; the budget never stops a chapter)")

@@ -10,10 +10,16 @@ the parameters.
 Only a chapter that ran to its end is ever cached or published: its record is removed before it
 runs and written last, and its kernel writes the results file to a pending folder that is moved into
 ``results/`` only on success. An interrupt (Ctrl-C, SIGTERM) kills the running kernels at once.
+
+Two executors run the chapters: ``local`` (threads of this process, ``jobs`` kernels at a time) and
+``dask`` (:func:`execute_many_dask`: one task per chapter on a Dask distributed cluster, each
+worker running :func:`execute` as the local executor does, so the cache and the results files are
+the same).
 """
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import hashlib
 import importlib.metadata as md
@@ -26,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 import weakref
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -390,15 +397,26 @@ def _stop(stop: threading.Event, workers: list[threading.Thread]) -> None:
             w.join(0.2)
 
 
+EXECUTORS = ("local", "dask")
+
+
 def execute_many(root: Path, chapters: Iterable[Chapter], parameters: dict, *, jobs: int = 1,
                  force: bool = False, progress: bool = False, timeout: int | None = None,
                  on_start: Callable[[Chapter], None] | None = None,
-                 on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+                 on_done: Callable[[Outcome], None] | None = None,
+                 executor: str = "local", scheduler: str | None = None) -> list[Outcome]:
     """Execute chapters, ``jobs`` kernels at a time; one chapter's failure never stops the rest.
 
     An interrupt (KeyboardInterrupt, raised in the main thread) stops the kernels, starts no
     further chapter and is raised again; the interrupted chapters publish nothing.
+    ``executor="dask"`` fans the chapters out over a Dask cluster (:func:`execute_many_dask`).
     """
+    if executor not in EXECUTORS:
+        raise ReplibError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    if executor == "dask":
+        return execute_many_dask(root, chapters, parameters, jobs=jobs, force=force,
+                                 timeout=timeout, on_start=on_start, on_done=on_done,
+                                 scheduler=scheduler)
     chapters = list(chapters)
     kernel_environment(root, jobs)
     todo: queue.SimpleQueue = queue.SimpleQueue()
@@ -438,4 +456,132 @@ def execute_many(root: Path, chapters: Iterable[Chapter], parameters: dict, *, j
         raise
     finally:
         shutil.rmtree(pending_dir(root), ignore_errors=True)
+    return [outcomes[ch.id] for ch in chapters]
+
+
+# ---------------------------------------------------------------- the Dask executor
+
+_WORKER_STOPS: dict[str, threading.Event] = {}  # per run, in each worker process
+_WORKER_ROOTS: set[Path] = set()
+
+
+def _stop_event(run: str) -> threading.Event:
+    return _WORKER_STOPS.setdefault(run, threading.Event())
+
+
+def _execute_on_worker(root: Path, chapter: Chapter, parameters: dict, force: bool,
+                       timeout: int | None, kernels_per_machine: int, pin_gpu: bool,
+                       run: str) -> Outcome:
+    """One chapter on a Dask worker: :func:`execute` with this worker's kernel settings."""
+    if root not in _WORKER_ROOTS:
+        kernel_environment(root, kernels_per_machine)
+        _WORKER_ROOTS.add(root)
+    if pin_gpu:  # a LocalCluster on a GPU machine: worker k (named k) drives GPU k alone
+        from distributed import get_worker
+
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(get_worker().name)
+    try:
+        return execute(root, chapter, parameters, force=force, timeout=timeout,
+                       stop=_stop_event(run))
+    finally:
+        shutil.rmtree(pending_dir(root), ignore_errors=True)  # a failed chapter's results file
+
+
+def _interrupt_worker(run: str) -> None:
+    _stop_event(run).set()
+    stop_kernels()
+
+
+def _gpus_wanted(parameters: dict) -> int:
+    """GPUs on this machine when the chapters are to use them (device auto or cuda), else 0."""
+    if parameters.get("device") not in ("auto", "cuda"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def execute_many_dask(root: Path, chapters: Iterable[Chapter], parameters: dict, *,
+                      jobs: int = 1, force: bool = False, timeout: int | None = None,
+                      on_start: Callable[[Chapter], None] | None = None,
+                      on_done: Callable[[Outcome], None] | None = None,
+                      scheduler: str | None = None) -> list[Outcome]:
+    """Execute chapters as tasks of a Dask distributed cluster, one chapter per worker at a time.
+
+    Why Dask and not Ray: a chapter is one long task that starts its own Jupyter kernel and
+    shares nothing with the others, so all that is needed is a task queue with per-worker
+    resources. Dask's ``distributed`` is pure Python and pip-installable, its ``LocalCluster``
+    starts in seconds without a daemon, and the same code reaches SLURM/PBS (dask-jobqueue) and
+    Kubernetes clusters; Ray brings a C++ runtime and an object store this does not use.
+
+    Without ``scheduler`` a ``LocalCluster`` is started for the run: one worker per GPU with the
+    resource ``GPU=1`` (each pinned to its GPU) when the chapters run on CUDA here, else ``jobs``
+    CPU workers. With ``scheduler`` (``tcp://host:8786``) the chapters go to that cluster; start
+    its workers with ``--nthreads 1`` and, on GPU machines, one per GPU with
+    ``--resources GPU=1`` and ``CUDA_VISIBLE_DEVICES`` set. Every worker must see this checkout at
+    the same path (a shared file system): each writes the staged page, the cache record and the
+    results file exactly as :func:`execute` does locally, so a later local run finds them.
+
+    Cached chapters are answered here without a task; ``on_start`` is called as a chapter is
+    submitted. A chapter whose task fails (a worker died) is reported as failed, never raised.
+    An interrupt stops every worker's kernels and is raised again; nothing is published.
+    """
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise ReplibError("the dask executor needs dask and distributed: pip install -e "
+                          "'.[cluster]'") from None
+    chapters = list(chapters)
+    outcomes: dict[str, Outcome] = {}
+    todo = []
+    for ch in chapters:
+        key = cache_key(root, ch, parameters)
+        cached = None if force else _cached(root, ch, parameters, key)
+        if cached:
+            outcomes[ch.id] = cached
+            if on_done:
+                on_done(cached)
+        else:
+            todo.append(ch)
+    if not todo:
+        return [outcomes[ch.id] for ch in chapters]
+
+    gpus = 0 if scheduler else _gpus_wanted(parameters)
+    cluster = None if scheduler else LocalCluster(
+        n_workers=gpus or min(jobs, len(todo)), threads_per_worker=1, processes=True,
+        dashboard_address=None, resources={"GPU": 1} if gpus else None)
+    client = Client(scheduler or cluster, set_as_default=False)
+    run = uuid.uuid4().hex
+    futures = {}
+    try:
+        workers = client.scheduler_info()["workers"].values()
+        needs_gpu = any("GPU" in w.get("resources", {}) for w in workers)
+        per_machine = len(workers) if cluster else 1
+        for ch in todo:
+            if on_start:
+                on_start(ch)
+            future = client.submit(_execute_on_worker, root, ch, parameters, force, timeout,
+                                   per_machine, bool(gpus), run, key=f"chapter-{ch.id}-{run}",
+                                   resources={"GPU": 1} if needs_gpu else None, pure=False)
+            futures[future] = ch
+        with client.as_current():
+            for future in as_completed(futures):
+                ch = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as e:  # the task, not the chapter, failed (its worker died)
+                    error = "".join(traceback.format_exception_only(type(e), e)).strip()
+                    outcome = Outcome(ch.id, "failed", 0.0, parameters, f"dask task failed: {error}")
+                outcomes[ch.id] = outcome
+                if on_done:
+                    on_done(outcome)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the interrupt, not a broken cluster, is the news
+            client.run(_interrupt_worker, run)
+            client.cancel(list(futures))
+        raise
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
     return [outcomes[ch.id] for ch in chapters]
