@@ -117,3 +117,38 @@ def test_entry_is_causal_in_training_mode(t):
     x2 = x.clone()
     x2[:, t] += 1.0
     torch.testing.assert_close(m(x2)[:, :t], y[:, :t], atol=1e-12, rtol=0)
+
+
+# ---- chapter 19's verdict rules (replib.experiments.affine_attention) on known answers
+
+from replib import Health, Verdict  # noqa: E402
+from replib.claims import Stat  # noqa: E402
+from replib.experiments import affine_attention as aa  # noqa: E402
+
+HEALTH = Health(reference=5.0, margin=0.1)
+
+
+def _m(**kw):
+    return {k: Stat.of(v) for k, v in kw.items()}
+
+
+def test_quality_rule_tiers():
+    rule = aa.quality_rule(HEALTH)
+    soft = [3.0, 3.1, 3.2]
+    assert rule(_m(softmax=soft, sink=soft, affine=[2.9, 3.0, 3.1])) is Verdict.REPLICATED
+    assert rule(_m(softmax=soft, sink=[2.8, 2.9, 3.0], affine=[2.9, 3.0, 3.1])) is Verdict.PARTIAL
+    assert rule(_m(softmax=soft, sink=soft, affine=[3.1, 3.2, 3.3])) is Verdict.NOT_REPLICATED
+    assert rule(_m(softmax=soft, sink=soft, affine=[6.0, 6.0, 6.0])) is Verdict.INCONCLUSIVE  # health gate
+
+
+def test_stability_and_sink_mass_rules():
+    st = aa.stability_rule()
+    ok = _m(**{"affine events": [0, 0, 0], "softmax events": [2, 2, 3],
+               "affine grad std": [0.1, 0.2, 0.1], "softmax grad std": [0.3, 0.5, 0.4]})
+    assert st(ok) is Verdict.REPLICATED
+    ok["affine events"] = Stat.of([5, 5, 6])
+    assert st(ok) is Verdict.NOT_REPLICATED
+    sm = aa.sink_mass_rule(HEALTH)
+    m = _m(softmax=[3.0, 3.1, 3.2], affine=[3.0, 3.1, 3.2], **{
+        "affine first-token": [0.05, 0.06, 0.04], "softmax first-token": [0.2, 0.25, 0.3]})
+    assert sm(m) is Verdict.REPLICATED

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from replib.nn import GPTConfig, TinyGPT, create_norm
+from replib.nn import GPTConfig, TinyGPT, create_norm, hidden_states
 from replib.nn.attention import create_attention
 from replib.nn.attention.gated import default_rank, sink_weights
 from replib.nn.attention.softmax import softmax_attention
@@ -118,3 +118,92 @@ def test_tinygpt_with_gatednorm_or_preaffine_runs(norm, attention):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters())
+
+
+# ---- chapter 13's instruments and verdict rules (replib.experiments.sinks) on known answers
+
+from replib import Health, Verdict  # noqa: E402
+from replib.claims import Stat  # noqa: E402
+from replib.experiments import sinks as sk  # noqa: E402
+
+
+def test_quantize_symmetric_levels_and_fake_quant_restores_weights():
+    w = torch.tensor([[0.7, -0.35, 0.05, 0.0]])
+    q = sk.quantize_symmetric(w, bits=4)  # scale 0.1: 7, -3.5 -> -4 (half to even), 0.5 -> 0
+    torch.testing.assert_close(q, torch.tensor([[0.7, -0.4, 0.0, 0.0]]))
+    torch.manual_seed(0)
+    model = TinyGPT(GPTConfig(vocab_size=11, seq_len=8, n_layer=2, n_head=2, d_model=16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    idx = torch.randint(0, 11, (2, 8))
+    with torch.no_grad():
+        full = model(idx)[0]
+        with sk.fake_quant(model, 4):
+            quant = model(idx)[0]
+        assert not torch.allclose(full, quant)
+        assert torch.equal(model(idx)[0], full)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_clip_hook_only_inside_its_context():
+    torch.manual_seed(0)
+    model = TinyGPT(GPTConfig(vocab_size=11, seq_len=8, n_layer=2, n_head=2, d_model=16))
+    idx = torch.randint(0, 11, (2, 8))
+    with sk.clipped_residuals(1e-3):
+        assert max(float(h.abs().max()) for h in hidden_states(model, idx)[1:]) == pytest.approx(1e-3)
+    assert max(float(h.abs().max()) for h in hidden_states(model, idx)[1:]) > 1e-3
+
+
+def test_sink_score_first_token_and_spikes_on_known_inputs():
+    h = torch.ones(2, 5, 8)
+    h[..., 3] = 40.0
+    assert sk.residual_sink_score([h]) == pytest.approx(40.0)
+    maps = [torch.full((1, 1, 4, 4), 0.25).tril()]
+    maps[0][0, 0, 2:, 0] = 0.7
+    assert sk.first_token_mass(maps, min_pos=2) == pytest.approx(0.7)
+    loss = [1.0 + 0.01 * (i % 3) for i in range(80)]
+    loss[60] = 3.0
+    assert sk.mad_spikes(loss) == 1 and sk.mad_spikes(loss[:60]) == 0
+
+
+def test_attention_maps_rows_sum_to_one_or_leave_the_sink_its_share():
+    torch.manual_seed(0)
+    for name in ("softmax", "gated", "sink"):
+        model = TinyGPT(GPTConfig(vocab_size=11, seq_len=8, n_layer=2, n_head=2, d_model=16, attention=name))
+        maps = sk.attention_maps(model, torch.randint(0, 11, (2, 8)))
+        rows = torch.stack(maps).sum(-1)
+        assert (rows <= 1 + 1e-6).all() and ((rows - 1).abs() < 1e-5).all() == (name != "sink")
+
+
+def _m(**kw):
+    return {k: Stat.of(v) for k, v in kw.items()}
+
+
+HEALTH = Health(reference=5.0, margin=0.1)
+
+
+def test_gatednorm_rule_tiers_and_sink_condition():
+    rule = sk.gatednorm_rule(HEALTH)
+    base = dict(GA=[3.0, 3.1, 3.2], **{"GA max act": [100.0, 120.0, 90.0], "baseline sink score": [9, 9, 9]})
+    full = _m(**base, **{"GA+GatedNorm": [2.9, 3.0, 3.1], "GA+GatedNorm max act": [10.0, 11.0, 12.0]})
+    assert rule(full) is Verdict.REPLICATED
+    part = _m(**base, **{"GA+GatedNorm": [2.9, 3.0, 3.1], "GA+GatedNorm max act": [100.0, 130.0, 95.0]})
+    assert rule(part) is Verdict.PARTIAL
+    worse = _m(**base, **{"GA+GatedNorm": [3.1, 3.2, 3.3], "GA+GatedNorm max act": [100.0, 130.0, 95.0]})
+    assert rule(worse) is Verdict.NOT_REPLICATED
+    no_sink = {**worse, "baseline sink score": Stat.of([2.0, 3.0, 2.5])}
+    assert rule(no_sink) is Verdict.NOT_TESTABLE
+
+
+def test_dyt_and_clip_rules():
+    m = _m(baseline=[3.0, 3.1, 3.2], DyT=[3.3, 3.45, 3.5], **{
+        "DyT max act": [5.0, 6.0, 5.5], "baseline max act": [50.0, 60.0, 40.0],
+        "DyT diverged at baseline lr": [0, 0, 0], "baseline sink score": [9, 9, 9]})
+    assert sk.dyt_rule(HEALTH, margin_bpb=0.072)(m) is Verdict.REPLICATED
+    m["DyT"] = Stat.of([3.0, 3.1, 3.2])
+    assert sk.dyt_rule(HEALTH, margin_bpb=0.072)(m) is Verdict.NOT_REPLICATED
+    c = _m(baseline=[3.0, 3.1, 3.2], clip10=[3.1, 3.25, 3.3], **{"baseline sink score": [9, 9, 9]})
+    assert sk.clip_rule(HEALTH)(c) is Verdict.REPLICATED
+    c["clip10"] = Stat.of([3.0, 3.1, 3.2])
+    assert sk.clip_rule(HEALTH)(c) is Verdict.NOT_REPLICATED
+    c["clip10"] = Stat.of([3.0, None, 3.2])
+    assert sk.clip_rule(HEALTH)(c) is Verdict.REPLICATED  # a diverged clipped seed is the claimed harm

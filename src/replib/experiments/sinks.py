@@ -329,8 +329,10 @@ def gatednorm_rule(health: Health) -> Rule:
         act = log_paired(m["GA+GatedNorm max act"], m["GA max act"], names=("log max|h| GA+GatedNorm", "GA"))
         a, b = (holds(decide_side(loss, claimed="below")),
                 holds(decide_side(act, claimed="below", threshold=-math.log(2))))
-        one = (a is True and b is False) or (a is False and b is True)
-        verdict = graded(all_of(a, b), one) if not (a is None or b is None) else all_of(a, b)
+        if a is None or b is None:  # an undecided part leaves the tier open (full/partial/none)
+            verdict = Verdict.INCONCLUSIVE
+        else:
+            verdict = graded(all_of(a, b), a != b)
         return _sink_guard(verdict, f"{loss}; {act}", m)
 
     return Rule(text, decide, health, ("GA", "GA+GatedNorm"))
