@@ -92,3 +92,24 @@ def test_performance_page(tmp_path):
     row = next(line for line in page.splitlines() if line.startswith("| gpt |"))
     assert "tokens/s" in row and "(process RSS)" in row and "n/a" in row
     assert "### broken" in page and "unreadable" in page
+
+
+def test_norm_kernel_rows_and_their_table(tmp_path):
+    """The norm-kernel benchmark on CPU (eager and native only: no Triton off CUDA), merged into the
+    same file as the model runs, and rendered."""
+    _bench(tmp_path, models=["mlp"])
+    out = tmp_path / "cpu.json"
+    rb.bench_norm_kernels(tmp_path, device="cpu", out=out, norms=("rmsnorm", "dyt"), hidden=(8,),
+                          tokens=(16,), variants=("eager", "triton", "native"), reps=2,
+                          echo=lambda s: None)
+    data = json.loads(out.read_text())
+    assert [r["model"] for r in data["runs"]] == ["mlp"]  # the other section is kept
+    got = {(r["norm"], r["variant"]) for r in data["norm_kernels"]}
+    assert got == {("rmsnorm", "eager"), ("rmsnorm", "native"), ("dyt", "eager")}
+    r = data["norm_kernels"][0]
+    assert r["bytes_forward_backward"] == 5 * 16 * 8 * 2 and r["bandwidth_fraction"] is None
+    assert 0 < r["forward_s"] and 0 < r["forward_backward_s"]
+    page = rb.performance_markdown(tmp_path)
+    assert "| rmsnorm | 8 x 16 | bf16 |" in page and "x |" in page  # a speed-up over eager
+    with pytest.raises(rb.ReplibError, match="no fused kernel for norm 'batchnorm'"):
+        rb.bench_norm_kernels(tmp_path, device="cpu", out=out, norms=("batchnorm",))

@@ -36,7 +36,8 @@ def _book(root, record: dict):
              "with open(pathlib.Path(os.environ['RUNS_DIR'], '{}'), 'a') as f:\n"
              "    f.write(str(os.getpid()) + '\\n')")
     nbformat.write(_notebook("Good", count.format("01-good"),
-                             "out = pathlib.Path(os.environ['REPLIB_RESULTS_DIR'], scale, '01-good.json')\n"
+                             "out = pathlib.Path(os.environ['REPLIB_RESULTS_DIR'], scale,"
+                             " '01-good.json')\n"
                              "out.parent.mkdir(parents=True, exist_ok=True)\n"
                              f"out.write_text({json.dumps(json.dumps(record))})"),
                    root / "notebooks" / "01-good.ipynb")

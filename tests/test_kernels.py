@@ -107,7 +107,8 @@ def test_bhyt_block_shared_statistic_gradients(kernels_on, monkeypatch):
         model.zero_grad(set_to_none=True)
         loss = model(idx, idx)[1]
         loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                               if p.grad is not None}
 
     loss, g = grads()
     monkeypatch.setenv("REPLIB_TRITON", "0")

@@ -22,6 +22,15 @@ on its own):
   (:data:`PEAK_BF16_FLOPS`; an unknown GPU gets no MFU). Counted per timed step as nanoGPT does,
   whatever ``--amp`` says.
 
+**The norm kernels** (``--norm-kernels``, :func:`norm_kernel_rows`): forward and forward+backward
+time of each registry norm that has a fused Triton kernel (:mod:`replib.nn.kernels`), per hidden
+size and token count, for the variants ``eager`` (the PyTorch module, ``REPLIB_TRITON=0``),
+``triton`` (CUDA only), ``compile`` (``torch.compile`` of the eager module), ``native``
+(``F.rms_norm``/``F.layer_norm`` where the norm is one) and ``liger`` (Liger-Kernel's module, when
+installed). The achieved bandwidth counts the ideal traffic, one read of ``x`` and one write of
+``y`` forward, reads of ``x`` and ``dy`` and a write of ``dx`` backward, over the device's
+measured copy bandwidth (``y.copy_(x)`` of 256 MiB, read plus write).
+
 Results go to ``results/bench/<device-kind>.json`` (written atomically, with provenance); a run
 replaces the entries of the same workload and settings and keeps the others, so eager and
 ``--compile`` runs sit side by side. :func:`performance_markdown` renders every file as the
@@ -275,25 +284,30 @@ def _kernels_state(device: torch.device) -> str:
     return "triton" if kernels.enabled() else "eager (REPLIB_TRITON=0 or no triton)"
 
 
-def _same_setting(a: dict, b: dict) -> bool:
-    return a["model"] == b["model"] and a["settings"] == b["settings"]
+SECTIONS = {  # a file's lists of rows, and what makes two rows the same measurement
+    "runs": ("model", "settings"),
+    "norm_kernels": ("norm", "hidden", "tokens", "dtype", "variant"),
+}
 
 
-def write_results(path: Path, device: torch.device, rows: list[dict]) -> Path:
-    """Merge ``rows`` into the file at ``path`` (same workload and settings: replaced) atomically."""
-    old = []
+def write_results(path: Path, device: torch.device, rows: list[dict], section: str = "runs") -> Path:
+    """Merge ``rows`` into ``section`` of the file at ``path`` atomically: a row of the same
+    measurement (:data:`SECTIONS`) is replaced, every other row of every section kept."""
+    old: dict[str, list] = {}
     if path.exists():
         try:
             data = json.loads(path.read_text())
             if data.get("schema") == SCHEMA_NAME and data.get("schema_version") == SCHEMA_VERSION:
-                old = data["runs"]
-        except (OSError, ValueError, KeyError):
+                old = {k: data.get(k, []) for k in SECTIONS}
+        except (OSError, ValueError):
             pass  # unreadable: replaced by this run
-    runs = [r for r in old if not any(_same_setting(r, new) for new in rows)] + rows
+    same = SECTIONS[section]
+    new_keys = [tuple(r[k] for k in same) for r in rows]
+    kept = [r for r in old.get(section, []) if tuple(r[k] for k in same) not in new_keys]
     record = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
               "device_kind": device_kind(device), "hardware": provenance.hardware(device),
               "versions": provenance.library_versions(), "git": provenance.git_commit(),
-              "runs": runs}
+              **{k: old.get(k, []) for k in SECTIONS}, section: kept + rows}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -308,11 +322,139 @@ def write_results(path: Path, device: torch.device, rows: list[dict]) -> Path:
     return path
 
 
+KERNEL_NORMS = ("rmsnorm", "layernorm", "crmsnorm", "dyt", "bhyt", "seednorm")
+NORM_VARIANTS = ("eager", "triton", "compile", "native", "liger")
+_NATIVE = {"rmsnorm": lambda m, x: F.rms_norm(x, (m.dim,), m.weight, m.eps),
+           "layernorm": lambda m, x: F.layer_norm(x, (m.dim,), m.weight, m.bias, m.eps)}
+_LIGER = {"rmsnorm": ("liger_kernel.transformers.rms_norm", "LigerRMSNorm"),
+          "layernorm": ("liger_kernel.transformers.layer_norm", "LigerLayerNorm")}
+
+
+def copy_bandwidth(device: torch.device, mib: int = 256, reps: int = 20) -> float:
+    """Measured device memory bandwidth in bytes/s: ``y.copy_(x)`` reads and writes ``mib`` MiB."""
+    from .timing import time_call
+
+    x = torch.empty(mib * 2**20, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    t = time_call(lambda: y.copy_(x), device, warmup=3, reps=reps)
+    return 2 * x.numel() / t.median
+
+
+def _eager_only():
+    """``REPLIB_TRITON=0`` for the duration of a call (the registry modules then run eager)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def ctx():
+        before = os.environ.get("REPLIB_TRITON")
+        os.environ["REPLIB_TRITON"] = "0"
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("REPLIB_TRITON", None)
+            else:
+                os.environ["REPLIB_TRITON"] = before
+    return ctx()
+
+
+def _norm_variants(name: str, module: torch.nn.Module, device: torch.device,
+                   variants: tuple[str, ...]) -> dict[str, Callable]:
+    """``{variant: f(x) -> y}`` for the variants that exist here (see the module docstring)."""
+    from .nn import kernels
+
+    def eager(x):
+        with _eager_only():
+            return module(x)
+
+    out: dict[str, Callable] = {}
+    for v in variants:
+        if v == "eager":
+            out[v] = eager
+        elif v == "triton" and device.type == "cuda" and kernels.enabled():
+            out[v] = module
+        elif v == "compile":  # replib.nn.kernels keeps the eager code under torch.compile
+            out[v] = torch.compile(module, dynamic=False)
+        elif v == "native" and name in _NATIVE:
+            out[v] = lambda x: _NATIVE[name](module, x)
+        elif v == "liger" and name in _LIGER and device.type == "cuda":
+            try:
+                import importlib
+
+                cls = getattr(importlib.import_module(_LIGER[name][0]), _LIGER[name][1])
+            except ImportError:
+                continue
+            liger = cls(module.dim).to(device)
+            out[v] = liger
+    return out
+
+
+def norm_kernel_rows(device: torch.device, *, norms: tuple[str, ...] = KERNEL_NORMS,
+                     hidden: tuple[int, ...] = (512, 2048, 8192),
+                     tokens: tuple[int, ...] = (4096, 65536), dtype: str = "bf16",
+                     variants: tuple[str, ...] = NORM_VARIANTS, reps: int = 20,
+                     echo: Callable[[str], None] = print) -> list[dict]:
+    """Forward and forward+backward times of the norm kernels (module docstring), one row per
+    norm, shape and variant, timed interleaved with :func:`replib.timing.compare`."""
+    from .nn import create_norm
+    from .timing import compare
+
+    dt = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
+    rows = []
+    for name in norms:
+        for h in hidden:
+            for t in tokens:
+                torch.manual_seed(0)
+                module = create_norm(name, h).to(device, dt)  # same dtype as x: F.rms_norm fuses
+                x = torch.randn(t, h, device=device, dtype=dt, requires_grad=True)
+                dy = torch.randn(t, h, device=device, dtype=dt)
+                fns = _norm_variants(name, module, device, variants)
+
+                def forward(f):
+                    def call():
+                        with torch.no_grad():
+                            f(x)
+                    return call
+
+                def both(f):
+                    def call():
+                        x.grad = None
+                        f(x).backward(dy)
+                    return call
+
+                fwd = compare({v: forward(f) for v, f in fns.items()}, device, warmup=3, reps=reps)
+                fb = compare({v: both(f) for v, f in fns.items()}, device, warmup=3, reps=reps)
+                size = t * h * x.element_size()
+                for v in fns:
+                    row = {"norm": name, "hidden": h, "tokens": t, "dtype": dtype, "variant": v,
+                           "forward_s": fwd[v].median, "forward_backward_s": fb[v].median,
+                           "reps": reps, "bytes_forward": 2 * size, "bytes_forward_backward": 5 * size,
+                           "copy_bandwidth": bandwidth,
+                           "bandwidth_fraction": (5 * size / fb[v].median / bandwidth
+                                                  if bandwidth else None),
+                           "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                    rows.append(row)
+                echo(f"  {name:<10} {h:>5} x {t:>6}: " + ", ".join(
+                    f"{v} {1e3 * fb[v].median:.3f} ms" for v in fns) + " (forward+backward)")
+    return rows
+
+
+def bench_norm_kernels(root: Path, *, device: str = "auto", out: Path | None = None,
+                       echo: Callable[[str], None] = print, **kw) -> Path:
+    """:func:`norm_kernel_rows` into ``results/bench/<device-kind>.json`` (section ``norm_kernels``)."""
+    if unknown := [n for n in kw.get("norms", ()) if n not in KERNEL_NORMS]:
+        raise ReplibError(f"no fused kernel for norm {unknown[0]!r}; valid: {', '.join(KERNEL_NORMS)}")
+    dev = resolve_device(device)
+    path = out or root / "results" / "bench" / f"{device_kind(dev)}.json"
+    return write_results(path, dev, norm_kernel_rows(dev, echo=echo, **kw), "norm_kernels")
+
+
 def bench(root: Path, *, device: str = "auto", models: list[str] | None = None,
           seconds: float = 10.0, warmup: int = 3, compile: bool = False, threads: int | None = None,
           amp: str = "none", out: Path | None = None, workloads: dict[str, Workload] | None = None,
           echo: Callable[[str], None] = print) -> Path:
-    """Measure ``models`` (default: all) and write ``results/bench/<device-kind>.json`` under ``root``."""
+    """Measure ``models`` (default: all) into ``root/results/bench/<device-kind>.json``."""
     available = workloads or default_workloads()
     names = models or list(available)
     if unknown := [m for m in names if m not in available]:
@@ -359,19 +501,48 @@ def _table(data: dict) -> str:
     lines = [f"### {data['device_kind']}", "",
              f"{where}; torch {data.get('versions', {}).get('torch', '?')}, commit "
              f"`{(git.get('commit') or 'unknown')[:10]}`"
-             + (" (modified checkout)" if git.get("dirty") else "") + ".", "",
-             "| model | settings | throughput | step (ms) | forward / backward / optimizer | "
+             + (" (modified checkout)" if git.get("dirty") else "") + "."]
+    if not data.get("runs"):
+        return "\n".join(lines)
+    lines += ["", "| model | settings | throughput | step (ms) | forward / backward / optimizer | "
              "peak memory (MiB) | MFU | measured |",
              "|---|---|---:|---:|---|---:|---:|---|"]
-    for r in sorted(data["runs"], key=lambda r: (r["model"], r["measured_at"])):
+    for r in sorted(data.get("runs", []), key=lambda r: (r["model"], r["measured_at"])):
         split, step = r["split_s"], sum(r["split_s"].values())
-        shares = " / ".join(f"{100 * split[k] / step:.0f} %" for k in ("forward", "backward", "optimizer"))
+        shares = " / ".join(f"{100 * split[k] / step:.0f} %"
+                            for k in ("forward", "backward", "optimizer"))
         mem = r["peak_memory_bytes"] / 2**20
         mem_text = f"{mem:,.0f}" + ("" if r["memory_kind"].startswith("cuda") else " (process RSS)")
         mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "n/a"
         lines.append(f"| {r['model']} | {_settings_text(r['settings'])} | "
                      f"{r['throughput']:,.0f} {r['units']}/s | {1e3 * r['step_s']:.1f} | {shares} | "
                      f"{mem_text} | {mfu} | {r['measured_at'][:10]}, {r['steps']} steps |")
+    return "\n".join(lines)
+
+
+def _kernel_table(rows: list[dict]) -> str:
+    lines = ["", "Norm kernels, forward + backward (ms; in brackets the share of the measured copy "
+             "bandwidth the ideal traffic reaches; speed-up over eager):", "",
+             "| norm | hidden x tokens | dtype | " + " | ".join(NORM_VARIANTS) + " |",
+             "|---|---|---|" + "---:|" * len(NORM_VARIANTS)]
+    shapes: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        shapes.setdefault((r["norm"], r["hidden"], r["tokens"], r["dtype"]), {})[r["variant"]] = r
+    for (norm, h, t, dtype), by in sorted(shapes.items()):
+        base = by.get("eager")
+        cells = []
+        for v in NORM_VARIANTS:
+            r = by.get(v)
+            if r is None:
+                cells.append("")
+                continue
+            text = f"{1e3 * r['forward_backward_s']:.3f}"
+            if r.get("bandwidth_fraction") is not None:
+                text += f" ({100 * r['bandwidth_fraction']:.0f} %)"
+            if base is not None and v != "eager":
+                text += f", {base['forward_backward_s'] / r['forward_backward_s']:.2f}x"
+            cells.append(text)
+        lines.append(f"| {norm} | {h} x {t} | {dtype} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -384,7 +555,8 @@ def performance_markdown(bench_dir: Path) -> str:
             data = json.loads(path.read_text())
             if data.get("schema") != SCHEMA_NAME:
                 raise ValueError("not a replib.bench file")
-            tables.append(_table(data))
+            tables.append(_table(data) + (_kernel_table(data["norm_kernels"])
+                                          if data.get("norm_kernels") else ""))
             gpu = gpu or data["hardware"].get("device", "").startswith("cuda")
         except (OSError, ValueError, KeyError) as e:
             tables.append(f"### {path.stem}\n\nunreadable ({e}).")
@@ -396,4 +568,5 @@ def performance_markdown(bench_dir: Path) -> str:
 
 
 __all__ = ["Workload", "default_workloads", "measure", "bench", "write_results",
+           "norm_kernel_rows", "bench_norm_kernels", "copy_bandwidth",
            "performance_markdown", "device_kind", "PEAK_BF16_FLOPS"]

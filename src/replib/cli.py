@@ -247,17 +247,36 @@ def _positive_seconds(text: str) -> float:
     return seconds
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"comma-separated positive ints, got {text!r}")
+    return values
+
+
 def cmd_bench(args) -> int:
-    from .bench import AMP, bench
+    from .bench import AMP, bench, bench_norm_kernels
     from .book.chapters import book_root
 
+    if args.norm_kernels:
+        kw = {k: v for k, v in (("hidden", args.hidden), ("tokens", args.tokens)) if v}
+        if args.models:
+            kw["norms"] = tuple(m.strip() for m in args.models.split(","))
+        print(f"benchmarking the norm kernels on {args.device}", flush=True)
+        path = bench_norm_kernels(Path.cwd() if args.out else book_root(), device=args.device,
+                                  out=Path(args.out) if args.out else None, **kw)
+        print(f"  results: {path}")
+        return 0
     if args.amp not in AMP:
         raise ReplibError(f"--amp: one of {', '.join(AMP)}, got {args.amp!r}")
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     print(f"benchmarking on {args.device}: {args.seconds:g} s per model, "
           f"{'compiled' if args.compile else 'eager'}, amp {args.amp}", flush=True)
-    path = bench(Path.cwd() if args.out else book_root(), device=args.device, models=models, seconds=args.seconds,
-                 warmup=args.warmup, compile=args.compile, threads=args.threads, amp=args.amp,
+    path = bench(Path.cwd() if args.out else book_root(), device=args.device, models=models,
+                 seconds=args.seconds, warmup=args.warmup, compile=args.compile, threads=args.threads, amp=args.amp,
                  out=Path(args.out) if args.out else None)
     print(f"  results: {path}")
     return 0
@@ -314,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's)")
     bench.add_argument("--amp", default="none", help="autocast dtype: none or bf16")
     bench.add_argument("--out", help="write here instead of results/bench/<device-kind>.json")
+    bench.add_argument("--norm-kernels", action="store_true",
+                       help="time the fused norm kernels against eager, compiled and native norms "
+                            "instead (--models then names norms)")
+    bench.add_argument("--hidden", type=_ints, help="with --norm-kernels: hidden sizes (512,2048,8192)")
+    bench.add_argument("--tokens", type=_ints, help="with --norm-kernels: token counts (4096,65536)")
     bench.set_defaults(func=cmd_bench)
     return p
 

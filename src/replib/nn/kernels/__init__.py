@@ -2,8 +2,8 @@ r"""Fused Triton kernels for the row-wise norms of the registry, the CUDA path o
 
 One kernel pair (forward, backward) per norm, wrapped as a ``torch.autograd.Function``:
 ``rmsnorm`` and ``crmsnorm`` (:mod:`.rms`), ``layernorm`` (:mod:`.layernorm`), ``dyt`` and ``bhyt``
-(:mod:`.tanh`), ``seednorm`` (:mod:`.seednorm_kernel`, named apart from the function). Each computes the same equations as the eager
-module that calls it (``replib.nn.norms``, ``bhyt``, ``seednorm``); the eager PyTorch code stays the
+(:mod:`.tanh`), ``seednorm`` (:mod:`.seednorm_kernel`, named apart from the function). Each
+computes the same equations as the eager module that calls it (``replib.nn.norms``, ``bhyt``, ``seednorm``); the eager PyTorch code stays the
 fallback and the oracle the tests compare with (``tests/test_kernels.py``, on CPU under
 ``TRITON_INTERPRET=1``).
 
@@ -81,7 +81,8 @@ def bhyt(x, weight, lam, rstd, kappa: float, eps: float):
 
 
 def seednorm(x, weight, alpha, beta, eps: float, heads: int):
-    r"""SeeDNorm: :math:`(\tanh(x_k\cdot\beta_k)\alpha_k + \gamma_k) \odot x_k/\mathrm{RMS}(x)` per head."""
+    r"""SeeDNorm, per head :math:`k`:
+    :math:`(\tanh(x_k\cdot\beta_k)\alpha_k + \gamma_k) \odot x_k/\mathrm{RMS}(x)`."""
     from . import seednorm_kernel
     return seednorm_kernel.SeeDNormFunction.apply(x, weight, alpha, beta, eps, heads)
 

@@ -46,7 +46,8 @@ def scratch(programs: int, n: int, like: torch.Tensor, needed: bool) -> torch.Te
 
 @triton.jit
 def tanh(z):
-    r"""tanh from one exp, stable for large :math:`|z|`: :math:`\mathrm{sign}(z)(1-e^{-2|z|})/(1+e^{-2|z|})`
+    r"""tanh from one exp, stable for large :math:`|z|`:
+    :math:`\mathrm{sign}(z)(1-e^{-2|z|})/(1+e^{-2|z|})`
     (``tl`` has no tanh; libdevice's is CUDA-only and not in the interpreter)."""
     t = tl.exp(-2.0 * tl.abs(z))
     y = (1.0 - t) / (1.0 + t)

@@ -13,7 +13,8 @@ per row (or a given ``rstd``), :math:`t = \tanh(\lambda r x)`, :math:`y = w \odo
 .. math:: \partial x = \lambda r\, g + \lambda (g\cdot x)\,\frac{\partial r}{\partial x},\quad
           \frac{\partial r}{\partial x} = -\frac{\kappa^2 r^3}{d}\,x,\quad
           \partial r = \lambda\, g\cdot x \text{ (given rstd)},\quad
-          \partial\lambda = \textstyle\sum r\, g\cdot x,\quad \partial w = \textstyle\sum \partial y \odot t.
+          \partial\lambda = \textstyle\sum r\, g\cdot x,\quad
+          \partial w = \textstyle\sum \partial y \odot t.
 """
 from __future__ import annotations
 
