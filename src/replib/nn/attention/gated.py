@@ -6,7 +6,9 @@ Rescaling is Essential for Transformer Training", arXiv 2601.22966) argues that 
 fixed hidden dimension with huge activations) are how a model *rescales* the rest through the
 following normalisation (softmax, RMSNorm), and that explicit, bounded rescaling removes the need
 for the outliers. No official code was found; the equations below follow the paper's text as stored
-in the third-party reproduction kubotadaichi/gated-norm-experiment (``paper_content.txt``).
+in the third-party reproduction kubotadaichi/gated-norm-experiment (``paper_content.txt`` at commit
+d887f77c6dc411c2abe725942ee437405af901e1, Sec. 3.3-3.4: GatedNorm "applied after every
+normalization layer", :math:`y_g = \sigma(W_{up}\,\mathrm{swish}(W_{down}\,y))`, :math:`y' = y_g \odot y`).
 
 **Learned sink column** (the attention-sink baseline of chapter 19; a per-head logit :math:`s_h`
 with a zero value vector, as in gpt-oss):
