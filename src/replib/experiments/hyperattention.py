@@ -160,16 +160,17 @@ def exact_causal(q, k, v):
 
 def time_attention(ns: Sequence[int], *, B: int, H: int, D: int, block: int, sample: int, r: int,
                    min_seq_len: int, device: torch.device, dtype=torch.float32, warmup: int = 1,
-                   reps: int = 5, backward: bool = False, seed: int = 0) -> dict:
-    """Per n: median seconds of exact and HyperAttention (causal), the paired ratio exact/hyper,
-    and each one's peak memory (MiB)."""
+                   reps: int = 5, backward: bool = False, seed: int = 0, query_blocks: str = "rank") -> dict:
+    """Per n: median seconds of exact and HyperAttention (causal; the code's rank query blocks by
+    default), the paired ratio exact/hyper, and each one's peak memory (MiB)."""
     out = {"n": list(ns), "exact s": [], "hyper s": [], "ratio": [], "exact MiB": [], "hyper MiB": []}
     g = torch.Generator().manual_seed(seed)
     proj = torch.randn(D, r, generator=g).to(device, dtype)
     for n in ns:
         q, k, v = (t.to(device, dtype).requires_grad_(backward) for t in gaussian_qkv(B, H, n, D, generator=g))
         hyper = lambda: hyper_attention(q, k, v, proj, causal=True, block_size=block, sample_size=sample,  # noqa: E731
-                                        min_seq_len=min_seq_len, generator=torch.Generator().manual_seed(0))[0]
+                                        min_seq_len=min_seq_len, query_blocks=query_blocks,
+                                        generator=torch.Generator().manual_seed(0))[0]
         fns = {"exact": lambda: exact_causal(q, k, v), "hyper": hyper}
         if backward:
             fns = {name: (lambda f=f: f().sum().backward()) for name, f in fns.items()}

@@ -52,7 +52,7 @@ def identity_errors(T: int = 64, d: int = 16, seed: int = 0) -> dict[str, float]
     Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=F64))
     k_iso = (2.0 * Q).view(1, 1, d, d)  # sum k k^T = 4 I after d keys
     iso = weighted_ls_attention(q[..., :d, :], k_iso, v[..., :d, :], ones[:d, :d], lam=1e-12)[..., -1, :] * 4.0
-    diff = lambda x, y: float((x - y).abs().max())  # noqa: E731
+    diff = lambda x, y: float((x - y).detach().abs().max())  # noqa: E731
     return {
         "LS without covariance = linear attention": diff(
             weighted_ls_attention(q, k, v, ones, covariance="identity"), linear_attention(q, k, v)),

@@ -112,23 +112,42 @@ def _query_blocks(q_keys: torch.Tensor, k_sorted_keys: torch.Tensor, b: int, n_b
     return lo + pos % (hi - lo + 1)  # the blocks holding the query's bucket, spread by position
 
 
-def _block_part(q, k_s, v_s, q_block, b, scale, chunk_elems=2 ** 22):
-    """Exact attention of each query to the keys of its block (padded keys masked)."""
+def _block_part(q, k_s, v_s, q_block, b, scale, equal_groups=False, chunk_elems=2 ** 22):
+    """Exact attention of each query to the keys of its block (padded keys masked).
+
+    ``equal_groups`` (the code's rank blocks): queries sorted by block fill equal chunks, one batched
+    product per block. Otherwise each query's block is copied out (``index_select`` of whole blocks).
+    """
     *batch, n_k, D = k_s.shape
     n_blocks = math.ceil(n_k / b)
     pad = n_blocks * b - n_k
     kb = F.pad(k_s, (0, 0, 0, pad)).view(*batch, n_blocks, b, D)
     vb = F.pad(v_s, (0, 0, 0, pad)).view(*batch, n_blocks, b, v_s.shape[-1])
     valid = (torch.arange(n_blocks * b, device=k_s.device) < n_k).view(n_blocks, b)
-    step = max(1, chunk_elems // (math.prod(batch) * b * D))
+    if equal_groups:
+        n_q = q.shape[-2]
+        bq = math.ceil(n_q / n_blocks)
+        order = torch.argsort(q_block, dim=-1, stable=True)
+        qs = F.pad(q.gather(-2, order[..., None].expand_as(q)), (0, 0, 0, n_blocks * bq - n_q))
+        s = qs.view(*batch, n_blocks, bq, D) @ kb.transpose(-2, -1) * scale
+        s = s.masked_fill(~valid[:, None, :], float("-inf"))
+        o = (s.softmax(-1) @ vb).reshape(*batch, n_blocks * bq, -1)[..., :n_q, :]
+        lse = s.logsumexp(-1).reshape(*batch, n_blocks * bq)[..., :n_q]
+        inv = torch.argsort(order, dim=-1)
+        return o.gather(-2, inv[..., None].expand_as(o)), lse.gather(-1, inv)
+    rows = math.prod(batch)
+    kflat, vflat = kb.reshape(rows * n_blocks, b, D), vb.reshape(rows * n_blocks, b, vb.shape[-1])
+    offset = (torch.arange(rows, device=q.device) * n_blocks).view(*batch, 1)
+    step = max(1, chunk_elems // (rows * b * D))
     outs, lses = [], []
     for i in range(0, q.shape[-2], step):
         idx = q_block[..., i:i + step]
-        gather = idx[..., None, None].expand(*idx.shape, b, D)
-        s = torch.einsum("...cd,...ckd->...ck", q[..., i:i + step, :], kb.gather(-3, gather)) * scale
+        flat = (idx + offset).reshape(-1)
+        kg = kflat.index_select(0, flat).view(*idx.shape, b, D)
+        vg = vflat.index_select(0, flat).view(*idx.shape, b, vflat.shape[-1])
+        s = (kg @ q[..., i:i + step, :, None]).squeeze(-1) * scale
         s = s.masked_fill(~valid[idx], float("-inf"))
-        vg = vb.gather(-3, idx[..., None, None].expand(*idx.shape, b, vb.shape[-1]))
-        outs.append(torch.einsum("...ck,...ckd->...cd", s.softmax(-1), vg))
+        outs.append((s.softmax(-1).unsqueeze(-2) @ vg).squeeze(-2))
         lses.append(s.logsumexp(-1))
     return torch.cat(outs, -2), torch.cat(lses, -1)
 
@@ -161,7 +180,7 @@ def hyper_attention_noncausal(q, k, v, proj, *, block_size=256, sample_size=256,
     q_block = None
     if block_size > 0:
         q_block = _query_blocks(lsh_sort_keys(q, proj, gray), k_keys, block_size, n_blocks, query_blocks)
-        o, lse = _block_part(q, k_s, v_s, q_block, block_size, scale)
+        o, lse = _block_part(q, k_s, v_s, q_block, block_size, scale, query_blocks == "rank")
     if sample_size > 0 and n_blocks != 1:
         o_r, lse_r = _sampled_part(q, k_s, v_s, q_block, block_size, sample_size, scale, generator)
         o, lse = merge_attentions(o, lse, o_r, lse_r) if block_size > 0 else (o_r, lse_r)
