@@ -74,6 +74,13 @@ def test_errors_are_one_line(tmp_path, capsys, argv, words):
     assert not (tmp_path / "x.json").exists()
 
 
+def test_an_unwritable_results_folder_fails_before_measuring(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main(["bench", "--models", "mlp", "--out", str(tmp_path / "file" / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write results to" in err
+
+
 def test_peak_flops_prefers_the_longest_name(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H100 PCIe")
     assert rb.peak_bf16_flops(torch.device("cuda")) == 756e12

@@ -440,13 +440,23 @@ def norm_kernel_rows(device: torch.device, *, norms: tuple[str, ...] = KERNEL_NO
     return rows
 
 
+def _writable(path: Path) -> Path:
+    """Fail now, not after the measurements, when ``path`` cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as e:
+        raise ReplibError(f"cannot write results to {path.parent}: {e.strerror or e}") from None
+    return path
+
+
 def bench_norm_kernels(root: Path, *, device: str = "auto", out: Path | None = None,
                        echo: Callable[[str], None] = print, **kw) -> Path:
     """:func:`norm_kernel_rows` into ``results/bench/<device-kind>.json`` (section ``norm_kernels``)."""
     if unknown := [n for n in kw.get("norms", ()) if n not in KERNEL_NORMS]:
         raise ReplibError(f"no fused kernel for norm {unknown[0]!r}; valid: {', '.join(KERNEL_NORMS)}")
     dev = resolve_device(device)
-    path = out or root / "results" / "bench" / f"{device_kind(dev)}.json"
+    path = _writable(out or root / "results" / "bench" / f"{device_kind(dev)}.json")
     return write_results(path, dev, norm_kernel_rows(dev, echo=echo, **kw), "norm_kernels")
 
 
@@ -466,15 +476,14 @@ def bench(root: Path, *, device: str = "auto", models: list[str] | None = None,
     if amp not in AMP:
         raise ReplibError(f"unknown --amp {amp!r}; valid: {', '.join(AMP)}")
     dev = resolve_device(device)
-    path = out or root / "results" / "bench" / f"{device_kind(dev)}.json"
-    rows = []
+    path = _writable(out or root / "results" / "bench" / f"{device_kind(dev)}.json")
     with torch_threads(threads):
-        for name in names:
+        for name in names:  # written after each model: an interrupted run keeps what it measured
             row = measure(available[name], dev, seconds=seconds, warmup=warmup, compile=compile,
                           amp=amp)
             echo(summary_line(row))
-            rows.append(row)
-    return write_results(path, dev, rows)
+            write_results(path, dev, [row])
+    return path
 
 
 def summary_line(row: dict) -> str:
