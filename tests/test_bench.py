@@ -98,7 +98,7 @@ def test_performance_page(tmp_path):
     assert "No GPU measurement yet" in page
     row = next(line for line in page.splitlines() if line.startswith("| gpt |"))
     assert "tokens/s" in row and "(process RSS)" in row and "n/a" in row
-    assert "### broken" in page and "unreadable" in page
+    assert "## broken" in page and "unreadable" in page
 
 
 def test_norm_kernel_rows_and_their_table(tmp_path):

@@ -59,6 +59,7 @@ from .runtime import resolve_device, synchronize, torch_threads
 from .train import adamw
 
 SCHEMA_NAME, SCHEMA_VERSION = "replib.bench", 1
+GPU_ONLY = {"tinygpt-gpu"}  # measured off a GPU only when named (tens of seconds a step on 2 cores)
 AMP = {"none": None, "bf16": torch.bfloat16}
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, FLOP/s. Longest name first.
 PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12,
@@ -464,9 +465,11 @@ def bench(root: Path, *, device: str = "auto", models: list[str] | None = None,
           seconds: float = 10.0, warmup: int = 3, compile: bool = False, threads: int | None = None,
           amp: str = "none", out: Path | None = None, workloads: dict[str, Workload] | None = None,
           echo: Callable[[str], None] = print) -> Path:
-    """Measure ``models`` (default: all) into ``root/results/bench/<device-kind>.json``."""
+    """Measure ``models`` into ``root/results/bench/<device-kind>.json``; by default all of them
+    on CUDA, all but :data:`GPU_ONLY` elsewhere."""
     available = workloads or default_workloads()
-    names = models or list(available)
+    dev = resolve_device(device)
+    names = models or [m for m in available if dev.type == "cuda" or m not in GPU_ONLY]
     if unknown := [m for m in names if m not in available]:
         raise ReplibError(f"unknown model {unknown[0]!r}; valid: {', '.join(available)}")
     if not seconds > 0:
@@ -475,7 +478,6 @@ def bench(root: Path, *, device: str = "auto", models: list[str] | None = None,
         raise ReplibError(f"--threads must be >= 1, got {threads}")
     if amp not in AMP:
         raise ReplibError(f"unknown --amp {amp!r}; valid: {', '.join(AMP)}")
-    dev = resolve_device(device)
     path = _writable(out or root / "results" / "bench" / f"{device_kind(dev)}.json")
     with torch_threads(threads):
         for name in names:  # written after each model: an interrupted run keeps what it measured
@@ -507,7 +509,7 @@ def _table(data: dict) -> str:
     hw = data["hardware"]
     where = hw.get("gpu") or f"{hw.get('cpu')}, {hw.get('cpu_count')} cores"
     git = data.get("git", {})
-    lines = [f"### {data['device_kind']}", "",
+    lines = [f"## {data['device_kind']}", "",
              f"{where}; torch {data.get('versions', {}).get('torch', '?')}, commit "
              f"`{(git.get('commit') or 'unknown')[:10]}`"
              + (" (modified checkout)" if git.get("dirty") else "") + "."]
@@ -568,7 +570,7 @@ def performance_markdown(bench_dir: Path) -> str:
                                           if data.get("norm_kernels") else ""))
             gpu = gpu or data["hardware"].get("device", "").startswith("cuda")
         except (OSError, ValueError, KeyError) as e:
-            tables.append(f"### {path.stem}\n\nunreadable ({e}).")
+            tables.append(f"## {path.stem}\n\nunreadable ({e}).")
     if not tables:
         return "No measurements yet: run `replib bench` (they land in `results/bench/`).\n"
     note = [] if gpu else ["*No GPU measurement yet: these numbers are from CPUs only.*", ""]

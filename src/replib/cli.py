@@ -367,9 +367,11 @@ def _stop_on_signals() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    command = None
     try:
         with _stop_on_signals():
             args = build_parser().parse_args(argv)
+            command = args.command
             if getattr(args, "jobs", 1) < 1:
                 raise ReplibError(f"--jobs must be >= 1, got {args.jobs}")
             return args.func(args)
@@ -377,8 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"replib: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        print("replib: interrupted; the running kernels were stopped and their chapters' "
-              "results files left as they were", file=sys.stderr)
+        print("replib: interrupted; " + (
+            "the models measured so far are in the results file" if command == "bench" else
+            "the running kernels were stopped and their chapters' results files left as they were"),
+            file=sys.stderr)
         return 128 + getattr(e, "signum", signal.SIGINT)
 
 
