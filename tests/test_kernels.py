@@ -1,30 +1,54 @@
 """The fused Triton norm kernels (replib.nn.kernels) against the eager modules, their oracle.
 
 On a machine without a GPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``, set
-here before the kernels are imported) on tiny shapes; with a GPU they run compiled on it. Outputs
-and the gradients of x and of every parameter (weights, biases, learnable scalars) must equal the
-eager module's in float32 to ``rtol=1e-4, atol=1e-5`` (the kernels reduce in another order and
-build tanh from exp: observed differences are ~1e-6).
+while triton and the kernels are imported and while these tests run, not for the rest of the
+session) on tiny shapes; with a GPU they run compiled on it. Outputs and the gradients of x and of
+every parameter (weights, biases, learnable scalars) must equal the eager module's in float32 to
+``rtol=1e-4, atol=1e-5`` (the kernels reduce in another order and build tanh from exp: observed
+differences are ~1e-6).
 """
 import importlib
 import os
-import sys
+from contextlib import contextmanager
 
 import pytest
 import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu":
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: it reads this on import
-pytest.importorskip("triton", reason="triton is not installed (the `kernels` extra; Linux only)")
+INTERPRET = {"TRITON_INTERPRET": "1"} if DEVICE == "cpu" else {}
 
-from replib.nn import create_norm, kernels  # noqa: E402
-from replib.nn.bhyt import BHyTGPT  # noqa: E402
-from replib.nn.transformer import GPTConfig  # noqa: E402
 
-if DEVICE == "cpu":  # a kernel module imported earlier in this process was decorated uninterpreted
-    for name in [m for m in sys.modules if m.startswith("replib.nn.kernels.")]:
-        importlib.reload(sys.modules[name])
+@contextmanager
+def _environment(values: dict):
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+with _environment(INTERPRET):  # triton reads it on import, @triton.jit when it decorates
+    pytest.importorskip("triton", reason="triton is not installed (the `kernels` extra; Linux only)")
+    from replib.nn import create_norm, kernels
+    from replib.nn.bhyt import BHyTGPT
+    from replib.nn.kernels import layernorm, rms, seednorm_kernel, tanh
+    from replib.nn.transformer import GPTConfig
+
+    for module in (layernorm, rms, seednorm_kernel, tanh):  # decorated anew, in this mode
+        importlib.reload(module)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpreter():
+    """The interpreter also when the kernels launch; only while this module's tests run."""
+    with _environment(INTERPRET):
+        yield
+
 
 TOL = dict(rtol=1e-4, atol=1e-5)
 CASES = [  # registry name, constructor kwargs
