@@ -18,7 +18,7 @@ def _run(argv, capsys):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["run", "99"], "unknown chapter '99'; valid: 90-all-norms, 02-powernorm, 03-layernorm"),
+    (["run", "99"], "unknown chapter '99'; valid: 90-all-norms, 91-all-optimizers, 92-attention-zoo, 02-powernorm"),
     (["run", "16", "--scale", "huge"], "unknown scale 'huge'; valid: smoke, cpu, gpu"),
     (["run", "16", "--device", "tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda, mps"),
     (["run", "16", "--seeds", "a,b"], "--seeds takes comma-separated non-negative ints"),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ReplibError
 from ..results import check_all
+from ..scales import SCALES
 from .chapters import Chapter
 from .execute import unreadable_path
 from .pages import write_generated
@@ -45,7 +46,7 @@ def readable_results(root: Path, stage: Path) -> Path:
     view.mkdir(parents=True)
     bad = check_all(root / "results")
     for path in (root / "results").glob("*/*.json"):
-        if path not in bad:
+        if path not in bad and path.parent.name in SCALES:  # not results/bench/
             (view / path.parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, view / path.parent.name / path.name)
     listed: dict[str, dict[str, str]] = {}

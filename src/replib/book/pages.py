@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from .. import provenance
+from ..bench import performance_markdown
 from ..claims import Verdict
 from ..errors import ReplibError
 from ..results import read
@@ -735,6 +736,7 @@ def write_generated(root: Path, stage: Path, chapters: list[Chapter], scale: str
     (generated / "landing.md").write_text(landing_markdown(root, chapters, results_root,
                                                            unreadable))
     (generated / "status.md").write_text(status_markdown(chapters, stage, scale, ref))
+    (generated / "performance.md").write_text(performance_markdown(root / "results" / "bench"))
     if (stage / "_config.yml").exists():
         stage_config(root, stage, ref)
     for ch in chapters:
