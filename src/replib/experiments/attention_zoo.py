@@ -38,12 +38,14 @@ from .placement import LMData, run_placement, sweep_record
 
 
 def paired_modules(name: str, d_model: int, n_head: int, seq_len: int, seed: int = 0,
-                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """``(kernel, softmax)`` modules in eval mode sharing ``qkv`` and ``proj`` weights."""
+                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                   options: dict | None = None):
+    """``(kernel, softmax)`` modules in eval mode sharing ``qkv`` and ``proj`` weights; ``options``:
+    the kernel's own keyword arguments (defaults otherwise)."""
     seed_everything(seed)
     ref = create_attention("softmax", d_model, n_head, seq_len=seq_len).to(device, dtype).eval()
     seed_everything(seed)
-    mod = create_attention(name, d_model, n_head, seq_len=seq_len).to(device, dtype).eval()
+    mod = create_attention(name, d_model, n_head, seq_len=seq_len, **(options or {})).to(device, dtype).eval()
     with torch.no_grad():
         for part in ("qkv", "proj"):
             getattr(mod, part).load_state_dict(getattr(ref, part).state_dict())
@@ -52,10 +54,10 @@ def paired_modules(name: str, d_model: int, n_head: int, seq_len: int, seed: int
 
 @torch.no_grad()
 def output_gap(name: str, *, d_model: int, n_head: int, seq_len: int, seed: int = 0,
-               input_scale: float = 1.0, device: torch.device | str = "cpu") -> float:
+               input_scale: float = 1.0, device: torch.device | str = "cpu", options: dict | None = None) -> float:
     """Relative Frobenius distance of ``name``'s output from softmax attention's on one Gaussian
     input of shape ``(2, seq_len, d_model)`` times ``input_scale`` (larger: peakier softmax)."""
-    mod, ref = paired_modules(name, d_model, n_head, seq_len, seed, device)
+    mod, ref = paired_modules(name, d_model, n_head, seq_len, seed, device, options=options)
     x = input_scale * torch.randn(2, seq_len, d_model, generator=torch.Generator().manual_seed(seed)).to(device)
     y, y0 = mod(x), ref(x)
     return float((y - y0).norm() / y0.norm())
@@ -79,9 +81,10 @@ def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
 
 def scaling(names: Sequence[str], lengths: Sequence[int], *, d_model: int, n_head: int, batch: int = 1,
             warmup: int = 2, reps: int = 5, device: torch.device | str = "cpu",
-            threads: int | None = 1) -> dict:
+            threads: int | None = 1, options: dict[str, dict] | None = None) -> dict:
     """Forward + backward seconds (every rep), saved-for-backward bytes and, on CUDA, peak bytes
-    per kernel and length: ``{"seconds": {name: {T: [...]}}, "saved": ..., "peak": ..., "failures": ...}``."""
+    per kernel and length: ``{"seconds": {name: {T: [...]}}, "saved": ..., "peak": ..., "failures": ...}``;
+    ``options``: per kernel, its own keyword arguments."""
     device = torch.device(device)
     out = {"seconds": {n: {} for n in names}, "saved": {n: {} for n in names},
            "peak": {n: {} for n in names}, "failures": {}}
@@ -93,7 +96,8 @@ def scaling(names: Sequence[str], lengths: Sequence[int], *, d_model: int, n_hea
                 if name in out["failures"]:
                     continue
                 try:
-                    mod = paired_modules(name, d_model, n_head, T, 0, device)[0].train()
+                    mod = paired_modules(name, d_model, n_head, T, 0, device,
+                                         options=(options or {}).get(name))[0].train()
                     out["saved"][name][T] = saved_bytes(mod, x)
                     out["peak"][name][T] = _peak_bytes(mod, x, device)
                     fns[name] = _fwd_bwd(mod, x)
