@@ -41,11 +41,13 @@ def identity_errors(T: int = 64, d: int = 16, seed: int = 0) -> dict[str, float]
     kappa = exp_kernel(q, k)
     w = kappa / kappa.sum(-1, keepdim=True)
     lam = 0.5
-    # one SGD step on the newest term, by autograd
+    # one SGD step on the newest term, by autograd; L2-normalised keys as DeltaNet's (with raw Gaussian
+    # keys, |1 - beta ||k||^2| > 1 and both sides blow up, so only their rounding would be compared)
+    kn = k / k.norm(dim=-1, keepdim=True)
     M, sgd = torch.zeros(d, d, dtype=F64), []
     for t in range(T):
         M = M.detach().requires_grad_()
-        (grad,) = torch.autograd.grad(0.5 * (v[0, 0, t] - M @ k[0, 0, t]).pow(2).sum(), M)
+        (grad,) = torch.autograd.grad(0.5 * (v[0, 0, t] - M @ kn[0, 0, t]).pow(2).sum(), M)
         M = M - beta[0, 0, t] * grad
         sgd.append(M @ q[0, 0, t])
     _, _, P = rls(q, k, v, lam, return_state=True)
@@ -63,7 +65,7 @@ def identity_errors(T: int = 64, d: int = 16, seed: int = 0) -> dict[str, float]
         "constant gate = decayed linear (linear.py)": diff(
             gated_linear_recurrent(q, k, v, torch.full((1, 1, T), math.exp(-0.2), dtype=F64)),
             decayed_parallel(q, k, v, torch.tensor([0.2], dtype=F64))),
-        "delta rule = one SGD step per token": diff(delta_rule(q, k, v, beta)[0, 0], torch.stack(sgd)),
+        "delta rule = one SGD step per token": diff(delta_rule(q, kn, v, beta)[0, 0], torch.stack(sgd)),
         "RLS = ridge LS (every step)": diff(rls(q, k, v, lam), weighted_ls_attention(q, k, v, ones, lam=lam)),
         "RLS P_T = (λI + KᵀK)⁻¹": diff(P[0, 0], torch.linalg.inv(lam * torch.eye(d, dtype=F64) + k[0, 0].T @ k[0, 0])),
         "Nadaraya-Watson (exp kernel) = softmax": diff(nadaraya_watson(v, kappa), softmax_attention(q, k, v)),
