@@ -8,6 +8,11 @@ r"""Chapter 38 (test-time regression, Wang, Shi, Fox 2025, arXiv 2501.12352): id
   key–value pairs with correlated unit keys :math:`k_i \propto \sqrt\rho\, z + \sqrt{1-\rho}\,\epsilon_i`,
   one-hot values over ``classes`` classes, queries = the stored keys plus small noise; each method
   memorises all ``n`` pairs and is read at every query; accuracy = argmax class correct.
+- :func:`run_mqar` / :func:`mqar_sweep`: the trained analog of C2, multi-query associative recall
+  (Arora et al. 2023, Zoology, arXiv 2312.04927; :mod:`replib.data.mqar`): a small TinyGPT per token
+  mixer trained with AdamW (warm-up + cosine) on fresh MQAR batches every step, each arm over the same
+  learning-rate grid and seeds (:func:`replib.train.lr_sweep`), the lr chosen on validation query
+  accuracy and judged on fresh test draws.
 - ``plot_*``: the chapter's figures.
 """
 from __future__ import annotations
@@ -25,7 +30,11 @@ from ..nn.attention.regression import (cumulative_decay_weights, delta_rule, exp
                                        gated_linear_recurrent, linear_attention, local_linear_attention,
                                        local_polynomial, nadaraya_watson, rls, weighted_ls_attention)
 from ..nn.attention.softmax import softmax_attention
+from ..data.mqar import IGNORE, mqar
+from ..nn import GPTConfig, TinyGPT
 from ..plotting import palette
+from ..runtime import seed_everything, torch_threads
+from ..train import Sweep, adamw, lr_sweep, train, warmup_cosine
 
 F64 = torch.float64
 METHODS = ("linear", "gated", "delta", "ls", "softmax τ=0.1", "softmax τ=1/√d", "local-linear")
@@ -145,6 +154,54 @@ def recall_grid(ns: Sequence[int], rhos: Sequence[float], seeds: Sequence[int], 
     return out
 
 
+# ---------------------------------------------------------------------------- trained MQAR (C2-trained)
+@torch.no_grad()
+def query_accuracy(model: TinyGPT, x: torch.Tensor, y: torch.Tensor, chunk: int = 64) -> float:
+    """Fraction of query positions (targets not ``-100``) whose argmax logit is the stored value."""
+    right = total = 0
+    for i in range(0, len(x), chunk):
+        logits, _ = model(x[i:i + chunk])
+        scored = y[i:i + chunk] != IGNORE
+        right += int((logits.argmax(-1)[scored] == y[i:i + chunk][scored]).sum())
+        total += int(scored.sum())
+    return right / max(total, 1)
+
+
+def run_mqar(arm: str, lr: float, seed: int, *, n_pairs: int, seq_len: int, vocab_size: int, n_layer: int,
+             d_model: int, n_head: int, batch_size: int, steps: int, val_seqs: int, test_seqs: int,
+             weight_decay: float = 0.1, warmup_frac: float = 0.1, grad_clip: float = 1.0,
+             device: torch.device | str = "cpu", threads: int | None = 1) -> dict:
+    """Train one TinyGPT with token mixer ``arm`` on MQAR; its query accuracy on validation and test.
+
+    Training batches are fresh draws (seed ``(seed + 1) * 1_000_003 + step``); validation and test are
+    fixed draws shared by every arm and seed (seeds ``2**31 - 1`` and ``2**31 - 2``, apart from training's).
+    The same ``seed`` gives every arm the same batches. A non-finite loss returns NaN accuracies.
+    """
+    with torch_threads(threads if torch.device(device).type == "cpu" else None):
+        seed_everything(seed)
+        cfg = GPTConfig(vocab_size=vocab_size, seq_len=seq_len, n_layer=n_layer, n_head=n_head,
+                        d_model=d_model, attention=arm)
+        model = TinyGPT(cfg).to(device)
+        opt = adamw(model, lr, weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup_frac=warmup_frac))
+        draw = lambda n, s: mqar(n, n_pairs, seq_len, vocab_size, s, device)  # noqa: E731
+        batches = (draw(batch_size, (seed + 1) * 1_000_003 + step) for step in range(steps))
+        val, test = draw(val_seqs, 2**31 - 1), draw(test_seqs, 2**31 - 2)
+        hist = train(model, opt, batches, lambda m, b: m(*b)[1], steps, grad_clip=grad_clip,
+                     scheduler=sched, progress=False)
+        model.eval()
+        acc = (lambda d: math.nan) if hist.diverged else (lambda d: query_accuracy(model, *d))  # noqa: E731
+        return {"val_acc": acc(val), "test_acc": acc(test), "loss": hist.loss, "seconds": hist.seconds}
+
+
+def mqar_sweep(arms: Sequence[str], lrs: Sequence[float], seeds: Sequence[int], progress: bool = True,
+               **kw) -> Sweep:
+    """:func:`run_mqar` for every arm x learning rate x seed (``kw`` passed on); the best lr per arm
+    maximises the mean validation query accuracy."""
+    return lr_sweep(arms, lrs, seeds, lambda a, lr, s: run_mqar(a, lr, s, **kw), select_on="val_acc",
+                    lower_is_better=False, progress=progress)
+
+
 # ---------------------------------------------------------------------------------------- figures
 def plot_identities(ax: plt.Axes, errors: Mapping[str, float], tol: float = 1e-8) -> None:
     """Each identity's float64 deviation (log scale) against the spec's 1e-8."""
@@ -173,5 +230,31 @@ def plot_recall(axes: Sequence[plt.Axes], grid: Mapping, ns: Sequence[int], rhos
     axes[1].legend(fontsize=8)
 
 
-__all__ = ["METHODS", "correlated_keys", "identity_errors", "plot_identities", "plot_recall",
+def plot_mqar(axes: Sequence[plt.Axes], sweep: Sweep, chance: float) -> None:
+    """Left: validation query accuracy against the learning rate (seed means, seeds as dots);
+    right: test query accuracy per seed at each arm's best learning rate."""
+    arms = list(sweep.runs)
+    for colour, arm in zip(palette(len(arms)), arms):
+        accs = [[r["val_acc"] for r in sweep.runs[arm][lr]] for lr in sweep.grid]
+        axes[0].plot(sweep.grid, [np.nanmean(a) if np.isfinite(a).any() else np.nan for a in accs], "o-",
+                     color=colour, label=arm)
+        for lr, a in zip(sweep.grid, accs):
+            axes[0].scatter([lr] * len(a), a, color=colour, s=10, alpha=0.5)
+        test = sweep.at_best(arm, "test_acc")
+        i = arms.index(arm)
+        axes[1].bar(i, np.nanmean(test), color=colour, alpha=0.6)
+        axes[1].scatter([i] * len(test), test, color="k", s=12, zorder=3)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("learning rate")
+    axes[0].set_ylabel("validation query accuracy")
+    axes[0].legend(fontsize=8)
+    axes[1].set_xticks(range(len(arms)), [f"{a}\n(lr {sweep.best_lr(a) or float('nan'):g})" for a in arms])
+    axes[1].set_ylabel("test query accuracy at the best lr")
+    for ax in axes:
+        ax.axhline(chance, color="k", ls=":", lw=1, label="chance")
+        ax.set_ylim(-0.02, 1.02)
+
+
+__all__ = ["METHODS", "correlated_keys", "identity_errors", "mqar_sweep", "plot_mqar",
+           "query_accuracy", "run_mqar", "plot_identities", "plot_recall",
            "qknorm_invariance", "recall_accuracy", "recall_grid", "retrieve", "softmax_weights"]
