@@ -153,3 +153,48 @@ def test_recall_task_on_known_answers():
     assert min(acc.values()) == 1.0, acc
     hard = rx.recall_accuracy(n=32, d=32, rho=0.8, seed=0, methods=("linear", "ls"))
     assert hard["ls"] >= 0.9 and hard["linear"] < 0.6, hard  # the spec's C2 thresholds
+
+
+class _LookupModel(torch.nn.Module):
+    """Answers MQAR exactly: at each position, the token that followed this token's first occurrence."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, x, targets=None):
+        out = torch.zeros(*x.shape, self.vocab)
+        for b, row in enumerate(x.tolist()):
+            for t, tok in enumerate(row):
+                first = row.index(tok)
+                if first < t and first + 1 < len(row):
+                    out[b, t, row[first + 1]] = 1.0
+        return out, None
+
+
+def test_query_accuracy_of_an_exact_lookup_is_one_and_of_a_constant_guess_is_its_frequency():
+    from replib.data.mqar import mqar
+    x, y = mqar(12, 6, 30, 64, seed=2)
+    assert rx.query_accuracy(_LookupModel(64), x, y, chunk=5) == 1.0
+    const = lambda idx, targets=None: (F.one_hot(torch.full_like(idx, 40), 64).float(), None)  # noqa: E731
+    scored = y != -100
+    assert rx.query_accuracy(const, x, y) == pytest.approx(float((y[scored] == 40).float().mean()))
+
+
+def test_run_mqar_is_seeded_and_scores_in_zero_one():
+    kw = dict(n_pairs=2, seq_len=8, vocab_size=16, n_layer=1, d_model=16, n_head=2, batch_size=4, steps=2,
+              val_seqs=8, test_seqs=8)
+    a, b = (rx.run_mqar("regression", 1e-3, 0, **kw) for _ in range(2))
+    assert a["loss"] == b["loss"] and a["test_acc"] == b["test_acc"] and 0.0 <= a["val_acc"] <= 1.0
+
+
+def test_c2_trained_rule_on_known_answers():
+    from replib.claims import Health, Stat, Verdict, better
+    rule_ = better("regression", "linear", metric="query accuracy", lower_is_better=False,
+                   health=Health(reference=1 / 32, margin=0.05, lower_is_better=False, name="chance"))
+    rule = lambda m: rule_({k: Stat.of(v) for k, v in m.items()})  # noqa: E731
+    assert rule({"regression": [0.6, 0.7, 0.65], "linear": [0.3, 0.35, 0.32]}) is Verdict.REPLICATED
+    assert rule({"regression": [0.3, 0.31, 0.29], "linear": [0.6, 0.7, 0.65]}) is Verdict.NOT_REPLICATED
+    assert rule({"regression": [0.6, 0.3, 0.5], "linear": [0.4, 0.5, 0.45]}) is Verdict.INCONCLUSIVE
+    assert rule({"regression": [0.9, 0.9, 0.9], "linear": [0.04, 0.05, 0.03]}) is Verdict.INCONCLUSIVE  # at chance
+    assert rule({"regression": [0.9, math.nan, 0.9], "linear": [0.4, 0.5, 0.45]}) is Verdict.INCONCLUSIVE
