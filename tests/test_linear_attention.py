@@ -350,7 +350,7 @@ def test_decode_rule_on_known_answers():
 
 
 def test_saved_bytes_quadratic_for_the_masked_form_linear_for_blocks():
-    from replib.experiments.nala import saved_bytes
+    from replib.timing import saved_for_backward_bytes as saved_bytes
     s = alibi_slopes(2).float()
 
     def saved(f, T):

@@ -1,3 +1,4 @@
+import math
 """replib.timing: fair, interleaved timing of competing variants."""
 import time
 
@@ -74,3 +75,13 @@ def test_train_and_inference_steps():
     for _ in range(5):
         step()
     assert model.training and loss(model).item() < before
+
+
+def test_saved_for_backward_bytes_counts_what_autograd_keeps():
+    from replib.timing import peak_cuda_bytes, saved_for_backward_bytes
+    x = torch.randn(64, 32, requires_grad=True)
+    assert saved_for_backward_bytes(lambda: (x * 2).sum()) == 0  # a scalar multiply saves nothing
+    assert saved_for_backward_bytes(lambda: (x * x).sum()) == x.numel() * 4  # x once, one storage
+    w = torch.randn(32, 16, requires_grad=True)
+    assert saved_for_backward_bytes(lambda: (x @ w).sum()) == (x.numel() + w.numel()) * 4
+    assert math.isnan(peak_cuda_bytes(lambda: None, "cpu"))

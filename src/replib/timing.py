@@ -16,6 +16,7 @@ not favour one variant. :func:`compare` makes the conditions the same for every 
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -148,3 +149,32 @@ def inference_step(model: torch.nn.Module, forward: Callable[[torch.nn.Module], 
 
     model.eval()
     return step
+
+
+def saved_for_backward_bytes(fn: Callable[[], Any]) -> int:
+    """Bytes of the distinct tensor storages autograd saves for backward while ``fn`` runs: the
+    activation memory a training step holds between forward and backward (exact on any device,
+    where a CPU has no allocator statistics)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return int(sum(seen.values()))
+
+
+def peak_cuda_bytes(fn: Callable[[], Any], device: torch.device | str) -> float:
+    """Peak CUDA memory allocated above the starting allocation while ``fn`` runs; NaN off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return math.nan
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return float(torch.cuda.max_memory_allocated(device) - base)

@@ -30,8 +30,8 @@ import torch
 
 from ..nn.attention import create_attention
 from ..plotting import palette
-from ..runtime import seed_everything, synchronize, torch_threads
-from ..timing import compare
+from ..runtime import seed_everything, torch_threads
+from ..timing import compare, peak_cuda_bytes, saved_for_backward_bytes
 from ..train import Sweep
 from ..train import lr_sweep as _lr_sweep
 from .placement import LMData, run_placement, sweep_record
@@ -63,22 +63,6 @@ def output_gap(name: str, *, d_model: int, n_head: int, seq_len: int, seed: int 
     return float((y - y0).norm() / y0.norm())
 
 
-def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the tensors autograd saves for the backward pass of ``module(x).sum()`` (each
-    storage counted once)."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        if t.device.type != "meta":
-            storage = t.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x).sum()
-    return int(sum(seen.values()))
-
-
 def scaling(names: Sequence[str], lengths: Sequence[int], *, d_model: int, n_head: int, batch: int = 1,
             warmup: int = 2, reps: int = 5, device: torch.device | str = "cpu",
             threads: int | None = 1, options: dict[str, dict] | None = None) -> dict:
@@ -98,8 +82,8 @@ def scaling(names: Sequence[str], lengths: Sequence[int], *, d_model: int, n_hea
                 try:
                     mod = paired_modules(name, d_model, n_head, T, 0, device,
                                          options=(options or {}).get(name))[0].train()
-                    out["saved"][name][T] = saved_bytes(mod, x)
-                    out["peak"][name][T] = _peak_bytes(mod, x, device)
+                    out["saved"][name][T] = saved_for_backward_bytes(lambda: mod(x).sum())
+                    out["peak"][name][T] = peak_cuda_bytes(_fwd_bwd(mod, x), device)
                     fns[name] = _fwd_bwd(mod, x)
                 except Exception as e:  # noqa: BLE001  a kernel's failure is a result, not a crash
                     out["failures"][name] = f"T={T}: {type(e).__name__}: {e}"
@@ -113,17 +97,6 @@ def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor):
         module.zero_grad(set_to_none=True)
         module(x).sum().backward()
     return step
-
-
-def _peak_bytes(module: torch.nn.Module, x: torch.Tensor, device: torch.device) -> float:
-    if device.type != "cuda":
-        return math.nan
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    _fwd_bwd(module, x)()
-    synchronize(device)
-    return float(torch.cuda.max_memory_allocated(device) - base)
 
 
 def fit_exponent(lengths: Sequence[int], values: Sequence[float], tail: float = 0.5) -> float:
@@ -191,4 +164,4 @@ def scaling_figure(result: dict, names: Sequence[str]):
     return fig
 
 
-__all__ = ["fit_exponent", "scaling_figure", "lm_sweep", "output_gap", "paired_modules", "saved_bytes", "scaling"]
+__all__ = ["fit_exponent", "scaling_figure", "lm_sweep", "output_gap", "paired_modules", "scaling"]

@@ -23,8 +23,8 @@ from scipy import stats
 
 from ..claims import Health, Rule, Verdict, decide_side, graded, paired
 from ..nn.attention.nala import nala_attention, nala_weights
-from ..runtime import synchronize, torch_threads
-from ..timing import compare
+from ..runtime import torch_threads
+from ..timing import compare, peak_cuda_bytes, saved_for_backward_bytes
 from ..train import Sweep
 from ..train import lr_sweep as _lr_sweep
 from . import placement as pl
@@ -186,33 +186,6 @@ def split_rule(health: Health) -> Rule:
 
 
 # ------------------------------------------------------------------ costs across lengths
-def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
-    """Bytes of the distinct tensor storages autograd saves for backward while ``fn`` runs: the
-    activation memory a training step holds between forward and backward (exact on any device)."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        st = t.untyped_storage()
-        seen[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
-
-
-def peak_bytes(fn: Callable[[], None], device: torch.device) -> float:
-    """Peak CUDA memory above the starting allocation during ``fn`` (NaN off CUDA)."""
-    if device.type != "cuda":
-        return math.nan
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    synchronize(device)
-    return float(torch.cuda.max_memory_allocated(device) - base)
-
-
 def mixers(chunk: int = 64) -> dict[str, Callable]:
     """The token mixers chapter 24 times, ``(q, k, v) -> o`` on ``(B, H, T, D)``: exact softmax
     (SDPA), elu+1 linear attention and NaLa, both in their chunked (linear-time) form."""
@@ -259,8 +232,8 @@ def _kernel_costs(kernels, lengths, baseline, batch, heads, head_dim, backward, 
             out[name]["seconds"].append(times[name].median)
             out[name]["ratio"].append(float(np.median([a / b for a, b in zip(
                 times[name].seconds, times[baseline].seconds)])))
-            out[name]["saved"].append(float(saved_bytes(lambda: f(q, k, v))) if backward else math.nan)
-            out[name]["peak"].append(peak_bytes(fns[name], device))
+            out[name]["saved"].append(float(saved_for_backward_bytes(lambda: f(q, k, v))) if backward else math.nan)
+            out[name]["peak"].append(peak_cuda_bytes(fns[name], device))
     return out
 
 
@@ -310,4 +283,4 @@ def plot_costs(costs: Mapping[str, dict], lengths: Sequence[int], *, title: str 
 
 __all__ = ["ARMS", "LINEAR_ARMS", "ENTROPY_KERNELS", "at_best", "attention_sweep", "attention_weights", "entropy_correlation",
            "entropy_rule", "kernel_costs", "loglog_exponent", "mixers", "nala_quality_rule",
-           "peak_bytes", "plot_costs", "plot_entropy", "row_entropy", "saved_bytes", "split_rule"]
+           "plot_costs", "plot_entropy", "row_entropy", "split_rule"]
