@@ -360,3 +360,11 @@ def test_bibliography_labels_read_like_the_text_citations():
         "Zhu and Chen, 2025", "Zhu and Li, 2025", "Zhu, 2025"]
     same = [entry("f", "2025", "A Zhu", "B X", "C Y"), entry("g", "2025", "A Zhu", "D X", "E Y")]
     assert list(AuthorYearLabels().format_labels(same)) == ["Zhu et al., 2025a", "Zhu et al., 2025b"]
+
+
+def test_a_claims_note_is_tidied_like_its_numbers():
+    from replib.show import claim_cells
+    claim = {"id": "C1", "statement": "s", "paper": "p", "ours": "1.2 ± 0.1", "verdict": "replicated",
+             "rule": "r", "note": "weights grew at most 1.031 ± 0.001x in 15 epochs"}
+    cells = claim_cells(claim, "cpu")
+    assert "1.031× ± 0.001 in 15 epochs" in cells and "0.001x" not in cells

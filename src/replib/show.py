@@ -217,7 +217,7 @@ def claim_cells(claim: Mapping, scale: str, href: str | None = None) -> str:
             + f"<br>{_e(claim['statement'])}")
     quals = "".join(f"<li>{_e(tidy_numbers(q))}</li>" for q in claim.get("qualifiers") or [])
     quals = f'<ul class="replib-qualifiers">{quals}</ul>' if quals else ""
-    note = f"<br><small>{_e(claim['note'])}</small>" if claim.get("note") else ""
+    note = f"<br><small>{_e(tidy_numbers(claim['note']))}</small>" if claim.get("note") else ""
     rule = (f'<details class="replib-rule"><summary>the rule</summary>'
             f"<small>{_e(claim['rule'])}</small></details>")
     return (f"<td>{head}</td><td>{_e(claim['paper'])}</td>"
