@@ -368,3 +368,5 @@ def test_a_claims_note_is_tidied_like_its_numbers():
              "rule": "r", "note": "weights grew at most 1.031 ± 0.001x in 15 epochs"}
     cells = claim_cells(claim, "cpu")
     assert "1.031× ± 0.001 in 15 epochs" in cells and "0.001x" not in cells
+    claim["note"] = "state growth 1 ± 0x over all lengths"  # no spread to round by: the × still moves
+    assert "state growth 1× ± 0 over" in claim_cells(claim, "cpu")

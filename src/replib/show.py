@@ -167,8 +167,8 @@ def tidy_numbers(text: str) -> str:
     def fix(m: re.Match) -> str:
         mean_s, sd_s = m.group("mean"), m.group("sd")
         mean, sd = _float(mean_s), _float(sd_s)
-        if sd == 0:
-            return m.group(0)
+        if sd == 0:  # nothing to round by; a ratio's × still goes on the mean
+            return f"{mean_s}× ± {sd_s}" if m.group("mx") or m.group("x") else m.group(0)
         out = format_spread(mean, sd, sig=max(1, min(2, _significant(sd_s))),
                             ratio=bool(m.group("mx") or m.group("x")),
                             max_decimals=_decimals(mean_s) if "." in mean_s or "e" in mean_s.lower()
