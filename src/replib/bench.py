@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from . import provenance
 from .errors import ReplibError
+from .results import write_json_atomic
 from .nn import MLP, GPTConfig, TinyGPT, TinyViT
 from .runtime import resolve_device, synchronize, torch_threads
 from .train import adamw
@@ -309,18 +310,7 @@ def write_results(path: Path, device: torch.device, rows: list[dict], section: s
               "device_kind": device_kind(device), "hardware": provenance.hardware(device),
               "versions": provenance.library_versions(), "git": provenance.git_commit(),
               **{k: old.get(k, []) for k in SECTIONS}, section: kept + rows}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(record, path)
 
 
 KERNEL_NORMS = ("rmsnorm", "layernorm", "crmsnorm", "dyt", "bhyt", "seednorm")

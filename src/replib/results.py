@@ -113,6 +113,11 @@ def validate(record: Any, source: str = "record") -> dict:
 def write(record: dict, path: Path) -> Path:
     """Validate, then write atomically: a crash mid-write never leaves half a file behind."""
     validate(record, str(path))
+    return write_json_atomic(record, path)
+
+
+def write_json_atomic(record: dict, path: Path) -> Path:
+    """Write ``record`` as JSON to ``path`` through a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
