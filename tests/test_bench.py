@@ -13,7 +13,8 @@ TINY = {
 }
 ROW_KEYS = {"model", "describe", "params", "units", "units_per_step", "settings", "warmup_steps",
             "first_step_s", "steps", "wall_s", "step_s", "throughput", "split_s",
-            "peak_memory_bytes", "memory_kind", "flops_per_step", "peak_flops", "mfu", "measured_at"}
+            "peak_memory_bytes", "memory_kind", "flops_per_step", "peak_flops", "mfu", "measured_at",
+            "run_s", "run_throughput"}
 
 
 def _bench(tmp_path, **kw):
@@ -39,6 +40,11 @@ def test_results_file_schema_and_step_split(tmp_path):
         # the three phases are timed separately from the loop's wall clock: they must cover it
         assert sum(split.values()) == pytest.approx(r["step_s"], rel=0.2)
         assert r["peak_memory_bytes"] > 10 * 2**20  # a process with torch loaded
+        # the whole run counts every step (warm-up included) over a longer time (build, first step)
+        assert r["run_s"] > r["wall_s"] + r["first_step_s"]
+        assert r["run_throughput"] == pytest.approx(
+            r["units_per_step"] * (r["warmup_steps"] + r["steps"]) / r["run_s"])
+        assert r["run_throughput"] < r["throughput"] * (r["warmup_steps"] + r["steps"]) / r["steps"]
     assert data["runs"][0]["units"] == "tokens" and data["runs"][0]["units_per_step"] == 16
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left nothing behind
 
@@ -60,11 +66,50 @@ def test_runs_merge_by_model_and_settings(tmp_path):
     assert len(data["runs"]) == before
 
 
+def test_processes_add_their_throughputs(tmp_path):
+    """Two copies of the default MLP at once, one process and one thread each: one row whose
+    throughput is the sum of the copies' (each at least a fair share of what it managed)."""
+    out = tmp_path / "cpu.json"
+    rb.bench(tmp_path, out=out, device="cpu", models=["mlp"], seconds=0.3, warmup=1,
+             processes=2, threads=1, echo=lambda s: None)
+    (row,) = json.loads(out.read_text())["runs"]
+    assert row["settings"]["processes"] == 2 and row["settings"]["threads"] == 1
+    assert row["memory_kind"] == "process_peak_rss_per_process"
+    # each copy ran at least 3 timed steps; the sum of two rates exceeds one copy's mean rate
+    assert row["steps"] >= 6
+    assert row["throughput"] > row["units_per_step"] / row["step_s"]
+    assert "1 thread x 2 processes" in rb.performance_markdown(tmp_path)
+
+
+def test_compile_cost_rows_are_recorded_and_rendered(tmp_path, monkeypatch):
+    """The compile-cost probe's rows (replaced here by a fast stand-in: compiling takes a minute)
+    merge by case into the results file and render as their own table."""
+    fake = [{"case": c, "overrides": o, "first_step_s": 30.0 if comp else 0.1,
+             "second_step_s": 0.08, "threads": 1, "measured_at": "2026-12-06T00:00:00+00:00"}
+            for c, o, comp in rb.COMPILE_CASES]
+    monkeypatch.setattr(rb, "compile_cost_rows", lambda device: fake)
+    out = tmp_path / "cpu.json"
+    _bench(tmp_path, models=["mlp"])
+    rb.bench_compile_costs(tmp_path, device="cpu", out=out)
+    rb.bench_compile_costs(tmp_path, device="cpu", out=out)  # replaced, not doubled
+    data = json.loads(out.read_text())
+    assert len(data["compile_costs"]) == len(rb.COMPILE_CASES) and len(data["runs"]) == 1
+    page = rb.performance_markdown(tmp_path)
+    assert "| compiled, the first model | 30.00 | 80.0 |" in page
+
+
+def test_first_steps_time_a_compiled_model():
+    """The probe's step timer on a tiny model, compiled for real (a few seconds)."""
+    row = rb._first_steps("t", TINY["mlp"], True, torch.device("cpu"))
+    assert row["first_step_s"] > row["second_step_s"] > 0
+
+
 @pytest.mark.parametrize("argv,words", [
     (["--models", "nope"], "unknown model 'nope'"),
     (["--seconds", "0"], "--seconds"),
     (["--amp", "fp8"], "--amp"),
     (["--threads", "0"], "--threads"),
+    (["--processes", "0"], "--processes"),
     (["--device", "tpu"], "unknown device"),
 ])
 def test_errors_are_one_line(tmp_path, capsys, argv, words):

@@ -38,12 +38,15 @@ book's Performance page.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
 import re
 import resource
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -213,12 +216,30 @@ class _Clock:
         return a.elapsed_time(b) / 1e3 if self.cuda else b - a
 
 
+@contextlib.contextmanager
+def _cold_compile_cache():
+    """An empty torch.compile cache, in memory and on disk (inductor reads its directory at each
+    compile): the compile time a new machine's first run pays."""
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    torch._dynamo.reset()
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR")
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+
+
 def measure(workload: Workload, device: torch.device, *, seconds: float = 10.0,
             warmup: int = 3, compile: bool = False, amp: str = "none", min_steps: int = 3) -> dict:
     """Train ``workload`` for ``warmup`` untimed steps, then for about ``seconds``; one result row."""
     if amp not in AMP:
         raise ReplibError(f"unknown --amp {amp!r}; valid: {', '.join(AMP)}")
     torch.manual_seed(0)
+    start = time.perf_counter()
     model, loss_fn = workload.build(device)
     flops = workload.flops_per_step(model)
     params = sum(p.numel() for p in model.parameters())
@@ -244,8 +265,9 @@ def measure(workload: Workload, device: torch.device, *, seconds: float = 10.0,
 
     run.train()
     t0 = time.perf_counter()
-    step()
-    synchronize(device)
+    with _cold_compile_cache() if compile else contextlib.nullcontext():
+        step()
+        synchronize(device)
     first = time.perf_counter() - t0
     for _ in range(max(warmup - 1, 0)):
         step()
@@ -257,7 +279,8 @@ def measure(workload: Workload, device: torch.device, *, seconds: float = 10.0,
         marks.append([])
         step(marks[-1])
     synchronize(device)
-    wall = time.perf_counter() - t0
+    end = time.perf_counter()
+    wall = end - t0
     n = len(marks)
     parts = [[clock.seconds(m[i], m[i + 1]) for i in range(3)] for m in marks]
     fwd, bwd, opt_s = (sum(p[i] for p in parts) / n for i in range(3))
@@ -267,15 +290,91 @@ def measure(workload: Workload, device: torch.device, *, seconds: float = 10.0,
         "model": workload.name, "describe": workload.describe, "params": params,
         "units": workload.units, "units_per_step": workload.units_per_step,
         "settings": {"compile": compile, "amp": amp, "threads": torch.get_num_threads(),
-                     "kernels": _kernels_state(device)},
+                     "processes": 1, "kernels": _kernels_state(device)},
         "warmup_steps": max(warmup, 1), "first_step_s": first, "steps": n, "wall_s": wall,
         "step_s": step_s, "throughput": workload.units_per_step / step_s,
+        "run_s": end - start,  # the whole run: build, compile, warm-up and the timed loop
+        "run_throughput": workload.units_per_step * (max(warmup, 1) + n) / (end - start),
         "split_s": {"forward": fwd, "backward": bwd, "optimizer": opt_s},
         "peak_memory_bytes": memory.peak(), "memory_kind": memory.kind,
         "flops_per_step": float(flops), "peak_flops": peak,
         "mfu": flops / step_s / peak if peak else None,
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _measure_named(name: str, device: str, threads: int, kw: dict) -> dict:
+    torch.set_num_threads(threads)
+    return measure(default_workloads()[name], torch.device(device), **kw)
+
+
+def measure_processes(name: str, device: torch.device, processes: int, threads: int,
+                      **kw) -> dict:
+    """``processes`` copies of the default workload ``name`` trained at once, each in its own
+    process with ``threads`` threads, as ``replib book --jobs N`` runs chapters side by side.
+    Throughputs add up; step time and its split are the processes' mean, peak memory the
+    largest process's, first step the slowest one's. The copies start within a second or two of
+    each other, small beside the minutes such a comparison needs."""
+    ctx = multiprocessing.get_context("spawn")  # a fork would inherit torch's thread pools
+    with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
+        rows = list(pool.map(_measure_named, [name] * processes, [str(device)] * processes,
+                             [threads] * processes, [kw] * processes))
+    row, mean = dict(rows[0]), lambda key: sum(r[key] for r in rows) / processes
+    row.update(
+        settings={**row["settings"], "processes": processes},
+        steps=sum(r["steps"] for r in rows), step_s=mean("step_s"),
+        throughput=sum(r["throughput"] for r in rows),
+        run_throughput=sum(r["run_throughput"] for r in rows),
+        wall_s=max(r["wall_s"] for r in rows), run_s=max(r["run_s"] for r in rows),
+        first_step_s=max(r["first_step_s"] for r in rows),
+        split_s={k: sum(r["split_s"][k] for r in rows) / processes for k in row["split_s"]},
+        peak_memory_bytes=max(r["peak_memory_bytes"] for r in rows),
+        memory_kind=row["memory_kind"] + "_per_process")
+    return row
+
+
+COMPILE_CASES = (  # (what a chapter does, TinyGPT overrides of tinygpt-cpu's shape, compiled)
+    ("eager", {}, False),
+    ("compiled, the first model", {}, True),
+    ("compiled, a new model of the same shape", {}, True),
+    ("compiled, the same shape with another norm", {"norm": "rmsnorm"}, True),
+)
+
+
+def _compile_costs(device: str) -> list[dict]:
+    torch.set_num_threads(1)
+    shape = dict(n_layer=8, d_model=64, n_head=4, seq_len=64)
+    with _cold_compile_cache():  # one cache for all the cases, as in a chapter's process
+        return [_first_steps(case, gpt_workload(case, 16, **shape, **overrides), compiled,
+                             torch.device(device)) | {"overrides": overrides}
+                for case, overrides, compiled in COMPILE_CASES]
+
+
+def _first_steps(case: str, workload: Workload, compiled: bool, device: torch.device) -> dict:
+    model, loss_fn = workload.build(device)
+    run, opt = (torch.compile(model) if compiled else model), adamw(model, lr=1e-4)
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(run).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return {"case": case, "first_step_s": times[0], "second_step_s": times[1],
+            "threads": torch.get_num_threads()}
+
+
+def compile_cost_rows(device: torch.device) -> list[dict]:
+    """What ``torch.compile`` costs a chapter, which builds a new model for every arm, lr and
+    seed: the first and second training step of TinyGPT at the ``tinygpt-cpu`` shape, eager, then
+    compiled for the first model, for a fresh model of the same shape and for one with another
+    norm, in that order in one fresh process with an empty compile cache (a new machine's first
+    run; one thread)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        rows = pool.submit(_compile_costs, str(device)).result()
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return [{**r, "measured_at": when} for r in rows]
 
 
 def _kernels_state(device: torch.device) -> str:
@@ -288,6 +387,7 @@ def _kernels_state(device: torch.device) -> str:
 
 SECTIONS = {  # a file's lists of rows, and what makes two rows the same measurement
     "runs": ("model", "settings"),
+    "compile_costs": ("case",),
     "norm_kernels": ("norm", "hidden", "tokens", "dtype", "variant"),
 }
 
@@ -451,12 +551,20 @@ def bench_norm_kernels(root: Path, *, device: str = "auto", out: Path | None = N
     return write_results(path, dev, norm_kernel_rows(dev, echo=echo, **kw), "norm_kernels")
 
 
+def bench_compile_costs(root: Path, *, device: str = "auto", out: Path | None = None) -> Path:
+    """:func:`compile_cost_rows` into ``results/bench/<device-kind>.json`` (``compile_costs``)."""
+    dev = resolve_device(device)
+    path = _writable(out or root / "results" / "bench" / f"{device_kind(dev)}.json")
+    return write_results(path, dev, compile_cost_rows(dev), "compile_costs")
+
+
 def bench(root: Path, *, device: str = "auto", models: list[str] | None = None,
           seconds: float = 10.0, warmup: int = 3, compile: bool = False, threads: int | None = None,
-          amp: str = "none", out: Path | None = None, workloads: dict[str, Workload] | None = None,
-          echo: Callable[[str], None] = print) -> Path:
+          processes: int = 1, amp: str = "none", out: Path | None = None,
+          workloads: dict[str, Workload] | None = None, echo: Callable[[str], None] = print) -> Path:
     """Measure ``models`` into ``root/results/bench/<device-kind>.json``; by default all of them
-    on CUDA, all but :data:`GPU_ONLY` elsewhere."""
+    on CUDA, all but :data:`GPU_ONLY` elsewhere. ``processes`` > 1 (CPU only) trains that many
+    copies at once (:func:`measure_processes`), ``threads`` each (default: the cores shared out)."""
     available = workloads or default_workloads()
     dev = resolve_device(device)
     names = models or [m for m in available if dev.type == "cuda" or m not in GPU_ONLY]
@@ -468,11 +576,19 @@ def bench(root: Path, *, device: str = "auto", models: list[str] | None = None,
         raise ReplibError(f"--threads must be >= 1, got {threads}")
     if amp not in AMP:
         raise ReplibError(f"unknown --amp {amp!r}; valid: {', '.join(AMP)}")
+    if processes < 1:
+        raise ReplibError(f"--processes must be >= 1, got {processes}")
+    if processes > 1 and (dev.type != "cpu" or workloads is not None):
+        raise ReplibError("--processes is for the default workloads on a CPU")
     path = _writable(out or root / "results" / "bench" / f"{device_kind(dev)}.json")
+    kw = dict(seconds=seconds, warmup=warmup, compile=compile, amp=amp)
     with torch_threads(threads):
         for name in names:  # written after each model: an interrupted run keeps what it measured
-            row = measure(available[name], dev, seconds=seconds, warmup=warmup, compile=compile,
-                          amp=amp)
+            if processes > 1:
+                row = measure_processes(name, dev, processes,
+                                        threads or max(1, (os.cpu_count() or 1) // processes), **kw)
+            else:
+                row = measure(available[name], dev, **kw)
             echo(summary_line(row))
             write_results(path, dev, [row])
     return path
@@ -492,7 +608,10 @@ def summary_line(row: dict) -> str:
 def _settings_text(s: dict) -> str:
     words = ["compiled" if s["compile"] else "eager"]
     words += [] if s["amp"] == "none" else [f"autocast {s['amp']}"]
-    return ", ".join(words + [f"{s['threads']} thread{'s' * (s['threads'] != 1)}"])
+    words.append(f"{s['threads']} thread{'s' * (s['threads'] != 1)}")
+    if s.get("processes", 1) > 1:
+        words[-1] += f" x {s['processes']} processes"
+    return ", ".join(words)
 
 
 def _table(data: dict) -> str:
@@ -505,9 +624,9 @@ def _table(data: dict) -> str:
              + (" (modified checkout)" if git.get("dirty") else "") + "."]
     if not data.get("runs"):
         return "\n".join(lines)
-    lines += ["", "| model | settings | throughput | step (ms) | forward / backward / optimizer | "
-             "peak memory (MiB) | MFU | measured |",
-             "|---|---|---:|---:|---|---:|---:|---|"]
+    lines += ["", "| model | settings | throughput | whole run | step (ms) | "
+             "forward / backward / optimizer | peak memory (MiB) | MFU | measured |",
+             "|---|---|---:|---:|---:|---|---:|---:|---|"]
     for r in sorted(data.get("runs", []), key=lambda r: (r["model"], r["measured_at"])):
         split, step = r["split_s"], sum(r["split_s"].values())
         shares = " / ".join(f"{100 * split[k] / step:.0f} %"
@@ -515,9 +634,20 @@ def _table(data: dict) -> str:
         mem = r["peak_memory_bytes"] / 2**20
         mem_text = f"{mem:,.0f}" + ("" if r["memory_kind"].startswith("cuda") else " (process RSS)")
         mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "n/a"
+        whole = (f"{r['run_throughput']:,.0f} in {r['run_s']:.0f} s" if "run_throughput" in r
+                 else "")
         lines.append(f"| {r['model']} | {_settings_text(r['settings'])} | "
-                     f"{r['throughput']:,.0f} {r['units']}/s | {1e3 * r['step_s']:.1f} | {shares} | "
-                     f"{mem_text} | {mfu} | {r['measured_at'][:10]}, {r['steps']} steps |")
+                     f"{r['throughput']:,.0f} {r['units']}/s | {whole} | {1e3 * r['step_s']:.1f} | "
+                     f"{shares} | {mem_text} | {mfu} | {r['measured_at'][:10]}, {r['steps']} steps |")
+    return "\n".join(lines)
+
+
+def _compile_table(rows: list[dict]) -> str:
+    lines = ["", "torch.compile's cost as a chapter meets it (TinyGPT at the `tinygpt-cpu` shape, one "
+             "process with a cold cache, cases in this order, 1 thread):", "",
+             "| case | first step (s) | second step (ms) |", "|---|---:|---:|"]
+    lines += [f"| {r['case']} | {r['first_step_s']:.2f} | {1e3 * r['second_step_s']:.1f} |"
+              for r in rows]
     return "\n".join(lines)
 
 
@@ -556,8 +686,9 @@ def performance_markdown(bench_dir: Path) -> str:
             data = json.loads(path.read_text())
             if data.get("schema") != SCHEMA_NAME:
                 raise ValueError("not a replib.bench file")
-            tables.append(_table(data) + (_kernel_table(data["norm_kernels"])
-                                          if data.get("norm_kernels") else ""))
+            tables.append(_table(data)
+                          + (_compile_table(data["compile_costs"]) if data.get("compile_costs") else "")
+                          + (_kernel_table(data["norm_kernels"]) if data.get("norm_kernels") else ""))
             gpu = gpu or data["hardware"].get("device", "").startswith("cuda")
         except (OSError, ValueError, KeyError) as e:
             tables.append(f"## {path.stem}\n\nunreadable ({e}).")
@@ -568,6 +699,7 @@ def performance_markdown(bench_dir: Path) -> str:
     return "\n".join(note + ["The workloads:", "", models, "", *tables]) + "\n"
 
 
-__all__ = ["Workload", "default_workloads", "measure", "bench", "write_results",
-           "norm_kernel_rows", "bench_norm_kernels", "copy_bandwidth",
+__all__ = ["Workload", "default_workloads", "measure", "measure_processes", "bench",
+           "write_results", "compile_cost_rows", "bench_compile_costs", "norm_kernel_rows",
+           "bench_norm_kernels", "copy_bandwidth",
            "performance_markdown", "device_kind", "PEAK_BF16_FLOPS"]

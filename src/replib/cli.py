@@ -258,26 +258,32 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def cmd_bench(args) -> int:
-    from .bench import AMP, bench, bench_norm_kernels
+    from .bench import AMP, bench, bench_compile_costs, bench_norm_kernels
     from .book.chapters import book_root
+
+    root, out = (Path.cwd() if args.out else book_root()), (Path(args.out) if args.out else None)
+    if args.compile_costs:
+        print(f"timing torch.compile's first steps on {args.device} (a cold cache)", flush=True)
+        print(f"  results: {bench_compile_costs(root, device=args.device, out=out)}")
+        return 0
 
     if args.norm_kernels:
         kw = {k: v for k, v in (("hidden", args.hidden), ("tokens", args.tokens)) if v}
         if args.models:
             kw["norms"] = tuple(m.strip() for m in args.models.split(","))
         print(f"benchmarking the norm kernels on {args.device}", flush=True)
-        path = bench_norm_kernels(Path.cwd() if args.out else book_root(), device=args.device,
-                                  out=Path(args.out) if args.out else None, **kw)
+        path = bench_norm_kernels(root, device=args.device, out=out, **kw)
         print(f"  results: {path}")
         return 0
     if args.amp not in AMP:
         raise ReplibError(f"--amp: one of {', '.join(AMP)}, got {args.amp!r}")
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     print(f"benchmarking on {args.device}: {args.seconds:g} s per model, "
-          f"{'compiled' if args.compile else 'eager'}, amp {args.amp}", flush=True)
-    path = bench(Path.cwd() if args.out else book_root(), device=args.device, models=models,
-                 seconds=args.seconds, warmup=args.warmup, compile=args.compile, threads=args.threads, amp=args.amp,
-                 out=Path(args.out) if args.out else None)
+          f"{'compiled' if args.compile else 'eager'}, amp {args.amp}"
+          + (f", {args.processes} processes" if args.processes > 1 else ""), flush=True)
+    path = bench(root, device=args.device, models=models, seconds=args.seconds,
+                 warmup=args.warmup, compile=args.compile, threads=args.threads,
+                 processes=args.processes, amp=args.amp, out=out)
     print(f"  results: {path}")
     return 0
 
@@ -333,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's)")
     bench.add_argument("--amp", default="none", help="autocast dtype: none or bf16")
     bench.add_argument("--out", help="write here instead of results/bench/<device-kind>.json")
+    bench.add_argument("--processes", type=int, default=1,
+                       help="train this many copies at once, one process each (CPU; as "
+                            "`replib book --jobs N` runs chapters); throughputs add up")
+    bench.add_argument("--compile-costs", action="store_true",
+                       help="time torch.compile's first steps as a chapter meets them (a new "
+                            "model per arm, lr and seed) from a cold cache, instead")
     bench.add_argument("--norm-kernels", action="store_true",
                        help="time the fused norm kernels against eager, compiled and native norms "
                             "instead (--models then names norms)")
