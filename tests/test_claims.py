@@ -247,3 +247,17 @@ def test_gate_note_and_log_paired():
     assert p.diffs == pytest.approx((-math.log(2), 0.0, math.log(2)))
     assert log_paired([1.0, 0.0, math.nan], [1.0, 1.0, 1.0], names=("a", "b")).n == 1  # non-positive: dropped
     assert log_paired(Stat.of([3.0, 3.0]), Stat.of([1.0, 1.0]), names=("a", "b")).mean == pytest.approx(math.log(3))
+
+
+def test_loglog_slope_known_answers():
+    """Exact power laws give their exponent; ``tail`` fits the largest-x points only; points with a
+    non-finite or non-positive value are left out; fewer than two points give NaN."""
+    from replib.claims import loglog_slope
+    x = [1, 2, 4, 8, 16]
+    assert loglog_slope(x, [3 * t ** 2 for t in x]) == pytest.approx(2.0)
+    assert loglog_slope([1, 10, 100], [3.0, 0.3, 0.03]) == pytest.approx(-1.0)
+    bent = [1.0, 1.0, 4 * 4, 8 * 8, 16 * 16]  # flat, then quadratic over the longer half
+    assert loglog_slope(x, bent, tail=0.5) == pytest.approx(2.0)
+    assert abs(loglog_slope(x, bent) - 2.0) > 0.1  # the flat start bends the full fit
+    assert loglog_slope(x, [1, float("nan"), 4, None, 16]) == pytest.approx(1.0)
+    assert math.isnan(loglog_slope([1, 2], [1.0, 0.0])) and math.isnan(loglog_slope([], []))

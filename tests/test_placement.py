@@ -146,6 +146,26 @@ def test_sweep_records_val_test_and_picks_each_best():
     assert sweep.to_json()["best"]["pre"] == sweep.best_lr("pre")
 
 
+def test_arm_sweep_routes_options_and_records_failures():
+    """An arm is GPTConfig options: ``norm`` and ``placement`` reach run_placement, the rest the
+    config; the same seed gives the same batches whatever the arm, and with ``failures`` an arm whose
+    runs raise is recorded once and skipped, as diverged, while the others train."""
+    d = pl.lm_data(TEXT, seq_len=16, val_windows=4, test_windows=4, probe_windows=2)
+    arms = {"pre-ln": {"norm": "layernorm"}, "peri-rms": {"placement": "peri"},
+            "broken": {"attention": "no-such-kernel"}}
+    failures = {}
+    sweep, runs = pl.arm_sweep(arms, [1e-2], [0], d, progress=False, failures=failures,
+                               keep_model=True, **SMALL)
+    assert set(runs) == {("pre-ln", 1e-2, 0), ("peri-rms", 1e-2, 0)}
+    assert type(runs[("pre-ln", 1e-2, 0)].model.blocks[0].norm1).__name__ == "LayerNorm"
+    assert runs[("peri-rms", 1e-2, 0)].model.cfg.placement == "peri"
+    assert runs[("peri-rms", 1e-2, 0)].model.cfg.norm == "rmsnorm"
+    assert list(failures) == ["broken"] and "no-such-kernel" in failures["broken"]
+    assert sweep.runs["broken"][1e-2][0]["diverged"] and sweep.best_lr("broken") is None
+    with pytest.raises(Exception, match="no-such-kernel"):  # no failures dict: the error is raised
+        pl.arm_sweep({"broken": arms["broken"]}, [1e-2], [0], d, progress=False, **SMALL)
+
+
 def _m(**kw):
     return {k: Stat.of(v) for k, v in kw.items()}
 

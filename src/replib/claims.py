@@ -456,6 +456,21 @@ def still_improving(curve: Sequence[float], *, tail: float = 0.2, rel: float = 0
     return bool(start - end > rel * abs(start))
 
 
+def loglog_slope(x: Sequence[float], y: Sequence[float], *, tail: float = 1.0) -> float:
+    """Least-squares slope ``b`` of ``log y = a + b log x`` over the points with finite positive
+    ``x`` and ``y``, the largest-``x`` ``tail`` fraction of them (at least two); NaN with fewer.
+    A scaling exponent: ~2 for quadratic attention's time against length, ~1 for linear, -1 for
+    a value that scales as 1/x."""
+    pts = sorted((float(a), float(b)) for a, b in zip(x, y)
+                 if a is not None and b is not None and a > 0 and b > 0
+                 and math.isfinite(a) and math.isfinite(b))
+    pts = pts[-max(2, math.ceil(tail * len(pts))):]
+    if len(pts) < 2:
+        return math.nan
+    lx, ly = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    return float(np.polyfit(lx, ly, 1)[0])
+
+
 def undertrained_note(curves: Mapping[str, Sequence[Sequence[float]]], *, tail: float = 0.2,
                       rel: float = 0.01) -> str:
     """One qualifier naming the arms whose seeds were still improving at the end (or "")."""

@@ -13,28 +13,26 @@ Three measurements, each generic over the registry:
   (interleaved across kernels at each length, :func:`replib.timing.compare`) and memory: the bytes
   of the tensors autograd saves for the backward pass (deterministic on every device: a
   :math:`T\times T` score matrix shows as quadratic growth), and on CUDA the peak allocated bytes.
-  :func:`fit_exponent` fits :math:`\log t = a + b\log T` over the longer half of the lengths.
-- :func:`lm_sweep`: each kernel in the same Pre-norm TinyGPT, byte-level LM on the book's corpus,
-  one learning-rate grid for all, each at its own best (:func:`replib.train.lr_sweep`).
+  :func:`~replib.claims.loglog_slope` fits :math:`\log t = a + b\log T` over the longer half of the lengths.
+- the language models: each kernel in the same Pre-norm TinyGPT, byte-level LM on the book's
+  corpus, one learning-rate grid for all, each at its own best
+  (:func:`replib.experiments.placement.arm_sweep` with ``failures``).
 
 A kernel that fails to build or run at some length is recorded with its error, not raised.
 """
 from __future__ import annotations
 
-import math
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ..claims import loglog_slope
 from ..nn.attention import create_attention
 from ..plotting import palette
 from ..runtime import seed_everything, torch_threads
 from ..timing import compare, peak_cuda_bytes, saved_for_backward_bytes
-from ..train import Sweep
-from ..train import lr_sweep as _lr_sweep
-from .placement import LMData, run_placement, sweep_record
 
 
 def paired_modules(name: str, d_model: int, n_head: int, seq_len: int, seed: int = 0,
@@ -99,40 +97,6 @@ def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor):
     return step
 
 
-def fit_exponent(lengths: Sequence[int], values: Sequence[float], tail: float = 0.5) -> float:
-    """Slope ``b`` of ``log value = a + b log T`` over the longest ``tail`` fraction of the lengths
-    (at least two points): ~2 for quadratic attention, ~1 for linear, once the length dominates."""
-    pts = sorted((T, v) for T, v in zip(lengths, values) if v is not None and math.isfinite(v) and v > 0)
-    pts = pts[-max(2, math.ceil(tail * len(pts))):]
-    if len(pts) < 2:
-        return math.nan
-    T, v = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
-    return float(np.polyfit(T, v, 1)[0])
-
-
-def lm_sweep(names: Iterable[str], grid: Iterable[float], seeds: Iterable[int], data: LMData,
-             progress: bool = True, **kw) -> tuple[Sweep, dict, dict[str, str]]:
-    """Every kernel in a Pre-norm TinyGPT at every lr of one ``grid`` and every seed (``kw`` go to
-    :func:`~replib.experiments.placement.run_placement`). Returns the sweep (selected on validation
-    bits/byte), the runs keyed ``(name, lr, seed)`` and the kernels that failed, with their error."""
-    runs, failures = {}, {}
-    names = list(names)
-
-    def one(name: str, lr: float, seed: int) -> dict:
-        if name in failures:
-            return {"val": math.nan, "test": math.nan, "diverged": True}
-        try:
-            runs[(name, lr, seed)] = r = run_placement("pre", seed, lr, data,
-                                                       model_kwargs={"attention": name}, **kw)
-        except Exception as e:  # noqa: BLE001  recorded, the page goes on
-            failures[name] = f"{type(e).__name__}: {e}"
-            return {"val": math.nan, "test": math.nan, "diverged": True}
-        return sweep_record(r)
-
-    sweep = _lr_sweep(names, list(grid), list(seeds), one, select_on="val", progress=progress)
-    return sweep, runs, failures
-
-
 def scaling_figure(result: dict, names: Sequence[str]):
     """Two log-log panels against the context length: forward + backward time (median over reps,
     quartile whiskers) and saved-for-backward bytes, each kernel labelled with its fitted exponent
@@ -147,9 +111,9 @@ def scaling_figure(result: dict, names: Sequence[str]):
         med = [float(np.median(per[t])) for t in T]
         q = np.array([np.percentile(per[t], [25, 75]) for t in T])
         axes[0].errorbar(T, med, yerr=[np.array(med) - q[:, 0], q[:, 1] - np.array(med)], marker="o", ms=4,
-                         capsize=3, color=colors[name], label=f"{name} (slope {fit_exponent(T, med):.2f})")
+                         capsize=3, color=colors[name], label=f"{name} (slope {loglog_slope(T, med, tail=0.5):.2f})")
         sv = [result["saved"][name][t] for t in T]
-        axes[1].plot(T, sv, marker="o", ms=4, color=colors[name], label=f"{name} (slope {fit_exponent(T, sv):.2f})")
+        axes[1].plot(T, sv, marker="o", ms=4, color=colors[name], label=f"{name} (slope {loglog_slope(T, sv, tail=0.5):.2f})")
     for ax, what in zip(axes, ("forward + backward seconds", "bytes saved for backward")):
         ax.set(xscale="log", yscale="log", xlabel="context length T", ylabel=what)
         lo, hi = ax.get_xlim()
@@ -164,4 +128,4 @@ def scaling_figure(result: dict, names: Sequence[str]):
     return fig
 
 
-__all__ = ["fit_exponent", "scaling_figure", "lm_sweep", "output_gap", "paired_modules", "scaling"]
+__all__ = ["loglog_slope", "scaling_figure", "output_gap", "paired_modules", "scaling"]

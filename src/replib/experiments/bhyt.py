@@ -301,7 +301,8 @@ def c1_rule(lrs, *, unigram: float, margin: float = 0.05, dyt: str = "DyT",
             lo, hi = p.interval
             fragile |= d_.n_diverged > 0 or lo > gap
             solid &= d_.n_diverged == 0 and hi < gap
-            notes.append(f"lr {lr:g}: {p:.3g}" + (f" ({d_.n_diverged} {dyt} seeds diverged)" if d_.n_diverged else ""))
+            notes.append(f"lr {lr:g}: {p:.3g}" + (f" ({d_.n_diverged} {dyt} seed{'s' * (d_.n_diverged != 1)} diverged)"
+                                                     if d_.n_diverged else ""))
         if fragile:
             return rc.Verdict.REPLICATED, "; ".join(notes)
         notes.append("DyT part: " + ("DyT within the gap at every lr" if solid else "inconclusive"))

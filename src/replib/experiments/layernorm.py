@@ -204,7 +204,7 @@ def findings_markdown(claims: dict, *, scale: str) -> Any:
     def interval(values, ref=None, unit=""):
         p = paired(values, ref if ref is not None else [0.0] * len(values))
         lo, hi = p.interval
-        return f"{p.mean:+.3g}{unit} (95% interval [{lo:+.3g}, {hi:+.3g}], {p.n} seeds)"
+        return f"{p.mean:+.3g}{unit} (95% interval [{lo:+.3g}, {hi:+.3g}], {p.n} seed{'s' * (p.n != 1)})"
 
     lines = []
     if "C1" in claims:

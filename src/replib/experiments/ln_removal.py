@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from ..claims import loglog_slope
 from ..data import lm_batches
 from ..nn import GPTConfig, TinyGPT
 from ..nn.ln_removal import (
@@ -235,14 +236,6 @@ def removal_budget(seed: int, train_tokens: torch.Tensor, val: tuple[torch.Tenso
     reached = [b for b, g in gaps.items() if g <= tol]
     return {"params": sum(p.numel() for p in base.parameters()), "gaps": gaps,
             "budget": float(min(reached)) if reached else math.nan}
-
-
-def loglog_slope(x: list[float], y: list[float]) -> float:
-    """Least-squares slope of log y against log x."""
-    lx = torch.tensor(x, dtype=torch.float64).log()
-    ly = torch.tensor(y, dtype=torch.float64).log()
-    lx = lx - lx.mean()
-    return float((lx * (ly - ly.mean())).sum() / (lx * lx).sum())
 
 
 def max_slope(params: list[float], budgets: list[int]) -> float:

@@ -1,12 +1,12 @@
 r"""Chapter 24 (NaLaFormer, Meng et al. 2025, arXiv 2506.21137) and the linear-attention family's
-shared measurements (chapter 33 reuses :func:`attention_sweep` and :func:`kernel_costs`).
+shared measurements (chapter 33 reuses its arms' shape and :func:`kernel_costs`).
 
 - :func:`entropy_correlation`: C2, Spearman :math:`\rho(\lVert q\rVert, \text{row entropy})` of the
   normalised attention weights of softmax, ReLU / elu+1 linear attention and NaLa, on random
   ``q, k`` whose queries are scaled by ``c``;
-- :func:`attention_sweep`: TinyGPT language models that differ only in the attention entry (any
-  :class:`~replib.nn.GPTConfig` options per arm), every arm on the same learning-rate grid, runs
-  by :func:`replib.experiments.placement.run_placement`;
+- :data:`ARMS`: TinyGPT language models that differ only in the attention entry (any
+  :class:`~replib.nn.GPTConfig` options per arm), trained by
+  :func:`replib.experiments.placement.arm_sweep` on one learning-rate grid;
 - :func:`kernel_costs`: time (and memory) of token mixers alone across sequence lengths, as ratios
   to a baseline in the same run, with the fitted log-log exponent;
 - the verdict rules of chapter 24 and ``plot_*`` figure functions (each returns its figure).
@@ -21,13 +21,10 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from ..claims import Health, Rule, Verdict, decide_side, graded, paired
+from ..claims import Health, Rule, Verdict, decide_side, graded, loglog_slope, paired
 from ..nn.attention.nala import nala_attention, nala_weights
 from ..runtime import torch_threads
 from ..timing import compare, peak_cuda_bytes, saved_for_backward_bytes
-from ..train import Sweep
-from ..train import lr_sweep as _lr_sweep
-from . import placement as pl
 
 # ------------------------------------------------------------------ C2: query norm and entropy
 ENTROPY_KERNELS = ("softmax", "relu-linear", "elu1-linear", "nala")
@@ -109,35 +106,6 @@ ARMS = {
     "nala-relu-only": {"attention": "nala", "attention_kwargs": {"rope": False, "gate": False, "split": False}},
 }
 LINEAR_ARMS = ("relu-linear", "elu1-linear")
-
-def attention_sweep(arms: Mapping[str, dict], grid: Sequence[float], seeds: Sequence[int],
-                    data: pl.LMData, progress: bool = True, **kw
-                    ) -> tuple[Sweep, dict[tuple[str, float, int], pl.PlacementRun]]:
-    """Every arm (name -> :class:`~replib.nn.GPTConfig` options, e.g. ``{"attention": "nala"}``;
-    a ``norm`` key sets the block norm) at every learning rate of the same ``grid`` and every seed,
-    selected on validation bits/byte (Pre-LN TinyGPT; ``kw`` go to
-    :func:`~replib.experiments.placement.run_placement`). Returns the sweep and the runs keyed
-    ``(arm, lr, seed)``; the same seed gives every arm the same batches."""
-    runs: dict[tuple[str, float, int], pl.PlacementRun] = {}
-
-    def one(arm: str, lr: float, seed: int) -> dict:
-        options = dict(arms[arm])
-        norm = options.pop("norm", kw.get("norm", "rmsnorm"))
-        runs[(arm, lr, seed)] = r = pl.run_placement(
-            "pre", seed, lr, data, **{**kw, "norm": norm, "model_kwargs": options})
-        return pl.sweep_record(r)
-
-    sweep = _lr_sweep(list(arms), list(grid), list(seeds), one, select_on="val", progress=progress)
-    return sweep, runs
-
-
-def at_best(sweep: Sweep, runs: Mapping[tuple[str, float, int], pl.PlacementRun],
-            arm: str) -> list[pl.PlacementRun]:
-    """The arm's runs at its own best learning rate, in seed order."""
-    lr = sweep.best_lr(arm)
-    lr = sweep.grid[0] if lr is None else lr
-    return [runs[(arm, lr, s)] for s in sweep.seeds]
-
 
 def nala_quality_rule(health: Health, linear_arms: Sequence[str]) -> Rule:
     """C4 (language analog): the spec's tiers as paired per-seed intervals."""
@@ -237,13 +205,6 @@ def _kernel_costs(kernels, lengths, baseline, batch, heads, head_dim, backward, 
     return out
 
 
-def loglog_exponent(lengths: Sequence[int], values: Sequence[float]) -> float:
-    """Slope of log(value) against log(length): ~2 quadratic, ~1 linear."""
-    x, y = np.log(np.asarray(lengths, float)), np.log(np.asarray(values, float))
-    ok = np.isfinite(y)
-    return float(np.polyfit(x[ok], y[ok], 1)[0]) if ok.sum() >= 2 else math.nan
-
-
 # ------------------------------------------------------------------ figures
 def plot_entropy(per_seed: Sequence[Mapping[str, dict]], scales: Sequence[float]):
     """Mean row entropy against the query scale c, one line per kernel (seeds: thin lines)."""
@@ -268,7 +229,7 @@ def plot_costs(costs: Mapping[str, dict], lengths: Sequence[int], *, title: str 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for i, (name, c) in enumerate(costs.items()):
         axes[0].plot(lengths, c["seconds"], "o-", color=f"C{i}",
-                     label=f"{name} (slope {loglog_exponent(lengths, c['seconds']):.2f})")
+                     label=f"{name} (slope {loglog_slope(lengths, c['seconds']):.2f})")
         axes[1].plot(lengths, c["ratio"], "o-", color=f"C{i}", label=name)
         axes[2].plot(lengths, np.asarray(c["saved"]) / 2 ** 20, "o-", color=f"C{i}", label=name)
     axes[0].set(xscale="log", yscale="log", xlabel="sequence length", ylabel="seconds per call", title=title)
@@ -281,6 +242,6 @@ def plot_costs(costs: Mapping[str, dict], lengths: Sequence[int], *, title: str 
     return fig
 
 
-__all__ = ["ARMS", "LINEAR_ARMS", "ENTROPY_KERNELS", "at_best", "attention_sweep", "attention_weights", "entropy_correlation",
-           "entropy_rule", "kernel_costs", "loglog_exponent", "mixers", "nala_quality_rule",
+__all__ = ["ARMS", "LINEAR_ARMS", "ENTROPY_KERNELS", "attention_weights", "entropy_correlation",
+           "entropy_rule", "kernel_costs", "loglog_slope", "mixers", "nala_quality_rule",
            "plot_costs", "plot_entropy", "row_entropy", "split_rule"]

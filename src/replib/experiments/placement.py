@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -296,21 +296,46 @@ def sweep_record(run: PlacementRun) -> dict:
             "seconds": round(run.seconds, 2)}
 
 
+def arm_sweep(arms: Mapping[str, Mapping[str, Any]], grid: Iterable[float], seeds: Iterable[int],
+              data: LMData, progress: bool = True, failures: dict[str, str] | None = None,
+              **kw) -> tuple[Sweep, dict[tuple[str, float, int], PlacementRun]]:
+    """Every arm at every learning rate of the same ``grid`` and every seed
+    (:func:`replib.train.lr_sweep`, selected on validation bits/byte); the same seed gives every
+    arm the same batches. An arm is :class:`~replib.nn.GPTConfig` options (``placement``, default
+    ``"pre"``; ``norm``; e.g. ``attention``), ``kw`` go to :func:`run_placement`. Returns the sweep
+    and every run, keyed ``(arm, lr, seed)``. With a ``failures`` dict an arm whose run raises is
+    recorded there (``arm: error``) and skipped at its other points, as diverged; without, the
+    error propagates."""
+    runs: dict[tuple[str, float, int], PlacementRun] = {}
+    failed = {"val": math.nan, "test": math.nan, "diverged": True}
+
+    def one(arm: str, lr: float, seed: int) -> dict:
+        options = dict(arms[arm])
+        placement = options.pop("placement", "pre")
+        args = {k: v for k, v in kw.items() if k != "model_kwargs"}
+        args["model_kwargs"] = {**(kw.get("model_kwargs") or {}), **options}
+        if "norm" in options:
+            args["norm"] = args["model_kwargs"].pop("norm")
+        if failures is not None and arm in failures:
+            return dict(failed)
+        try:
+            runs[(arm, lr, seed)] = r = run_placement(placement, seed, lr, data, **args)
+        except Exception as e:  # noqa: BLE001  with failures: recorded, the page goes on
+            if failures is None:
+                raise
+            failures[arm] = f"{type(e).__name__}: {e}"
+            return dict(failed)
+        return sweep_record(r)
+
+    sweep = _lr_sweep(list(arms), list(grid), list(seeds), one, select_on="val", progress=progress)
+    return sweep, runs
+
+
 def placement_sweep(placements: Iterable[str], grid: Iterable[float], seeds: Iterable[int],
                     data: LMData, progress: bool = True,
                     **kw) -> tuple[Sweep, dict[tuple[str, float, int], PlacementRun]]:
-    """The same learning-rate ``grid`` for every placement, every seed (:func:`replib.train.lr_sweep`,
-    selected on validation bits/byte). Returns the sweep and every run, keyed ``(placement, lr, seed)``
-    (``kw`` go to :func:`run_placement`)."""
-    runs: dict[tuple[str, float, int], PlacementRun] = {}
-
-    def one(placement: str, lr: float, seed: int) -> dict:
-        runs[(placement, lr, seed)] = r = run_placement(placement, seed, lr, data, **kw)
-        return sweep_record(r)
-
-    sweep = _lr_sweep(list(placements), list(grid), list(seeds), one, select_on="val",
-                      progress=progress)
-    return sweep, runs
+    """:func:`arm_sweep` over placements (an arm per placement, named by it)."""
+    return arm_sweep({p: {"placement": p} for p in placements}, grid, seeds, data, progress, **kw)
 
 
 def at_best(sweep: Sweep, runs: dict[tuple[str, float, int], PlacementRun],
@@ -330,7 +355,7 @@ def per_seed_events(runs: Iterable[PlacementRun], seeds: Sequence[int]) -> list[
 __all__ = ["LMData", "PlacementRun", "at_best", "best_lr_range", "coefficient_of_variation",
            "count_norms", "count_spikes", "fit_r2", "gradient_rule", "growth_rule",
            "is_divergent", "lm_data", "peri_quality_rule", "stability_rule",
-           "lr_sweep", "per_seed_events", "placement_sweep", "run_placement", "select",
+           "lr_sweep", "per_seed_events", "placement_sweep", "arm_sweep", "run_placement", "select",
            "sweep_record", "val_loss"]
 
 

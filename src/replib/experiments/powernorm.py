@@ -266,7 +266,7 @@ def findings_markdown(claims: dict, bpb: dict[str, list[float]], best: dict[str,
     def pd(a: str, b: str) -> str:
         p = paired(bpb[a], bpb[b], names=(a, b))
         lo, hi = p.interval
-        return f"{a} − {b} = {p.mean:+.3f} bits/byte (95% interval [{lo:+.3f}, {hi:+.3f}], {p.n} seeds)"
+        return f"{a} − {b} = {p.mean:+.3f} bits/byte (95% interval [{lo:+.3f}, {hi:+.3f}], {p.n} seed{'s' * (p.n != 1)})"
 
     lines = []
     if "C1" in claims:

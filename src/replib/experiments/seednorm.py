@@ -34,6 +34,7 @@ from torch import nn
 
 from .. import claims as rc
 from .. import timing
+from ..claims import loglog_slope
 from ..data import lm_splits as text_splits
 from ..data import minibatches
 from ..data.tabular import Split
@@ -284,11 +285,6 @@ def jacobian_scaling(norm: nn.Module, x: torch.Tensor, scales) -> dict[str, np.n
         fro.append(float(torch.linalg.matrix_norm(J).mean()))
         diag.append(float(torch.diagonal(J, dim1=-2, dim2=-1).abs().median()))
     return {"fro": np.array(fro), "diag": np.array(diag)}
-
-
-def loglog_slope(cs, values) -> float:
-    """Least-squares slope of log(values) against log(cs) (-1: values scale as 1/c)."""
-    return float(np.polyfit(np.log(np.asarray(cs, float)), np.log(np.asarray(values, float)), 1)[0])
 
 
 # ----------------------------------------------------------------------------- overhead

@@ -2,7 +2,7 @@ r"""Chapter 33 (TransNormerLLM, Qin et al. 2023, arXiv 2307.14995; Lightning Att
 2401.04658): the experiments behind its claims.
 
 - :data:`ARMS`: TinyGPT language models for C3 (a softmax Transformer and TransNormer's token mixer
-  with SRMSNorm, and its ablations), trained by :func:`replib.experiments.nala.attention_sweep`;
+  with SRMSNorm, and its ablations), trained by :func:`replib.experiments.placement.arm_sweep`;
 - :func:`lightning_costs`: C1, forward + backward time and activation memory of the naive masked
   :math:`O(n^2)` decayed linear attention vs the block (Lightning) form vs exact softmax (SDPA);
 - :func:`norm_costs`: C2, SRMSNorm vs RMSNorm vs LayerNorm alone and inside a model's training step;
