@@ -66,6 +66,16 @@ def test_runs_merge_by_model_and_settings(tmp_path):
     assert len(data["runs"]) == before
 
 
+def test_a_budget_counts_the_whole_run(tmp_path):
+    """--budget: the run stops once build, warm-up and timed steps together reach --seconds."""
+    data = _bench(tmp_path, models=["gpt"], seconds=0.4, budget=True)
+    (row,) = data["runs"]
+    assert row["settings"]["budget"] is True
+    assert 0.4 <= row["run_s"] < 0.4 + 5 * row["step_s"] + row["first_step_s"]
+    assert row["wall_s"] < row["run_s"]
+    assert "fixed budget" in rb.performance_markdown(tmp_path)
+
+
 def test_processes_add_their_throughputs(tmp_path):
     """Two copies of the default MLP at once, one process and one thread each: one row whose
     throughput is the sum of the copies' (each at least a fair share of what it managed)."""

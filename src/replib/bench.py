@@ -7,6 +7,11 @@ on its own):
 
 - **throughput**: tokens (LMs) or samples per second, from the wall time of the timed loop,
   ended by a device synchronisation;
+- **whole-run throughput**: every step's units (warm-up included) over the whole run from the
+  model's build, so a compile's cost counts; with ``--budget`` the run stops when the whole of it
+  has lasted ``--seconds``: what a fixed budget buys, as a chapter's does;
+- **processes** (``--processes N``, CPU): N copies trained at once, one process each, as
+  ``replib book --jobs N`` runs chapters; their throughputs add up;
 - **the step split** into forward (zero-grad, forward, loss), backward and optimizer. On CUDA the
   boundaries are CUDA events on the GPU's timeline (no host synchronisation inside the loop, so
   the split does not slow the step it measures); on the CPU ``perf_counter``. The three parts sum
@@ -21,6 +26,10 @@ on its own):
   :math:`T`; :math:`6N` per sample for the MLP; over the device's dense bf16 peak
   (:data:`PEAK_BF16_FLOPS`; an unknown GPU gets no MFU). Counted per timed step as nanoGPT does,
   whatever ``--amp`` says.
+
+**The compile costs** (``--compile-costs``, :func:`compile_cost_rows`): the first and second step
+of TinyGPT eager, then compiled for a first model, a new model of the same shape and one with
+another norm, in one process with a cold compile cache, as a chapter builds its models.
 
 **The norm kernels** (``--norm-kernels``, :func:`norm_kernel_rows`): forward and forward+backward
 time of each registry norm that has a fused Triton kernel (:mod:`replib.nn.kernels`), per hidden
@@ -234,8 +243,10 @@ def _cold_compile_cache():
 
 
 def measure(workload: Workload, device: torch.device, *, seconds: float = 10.0,
-            warmup: int = 3, compile: bool = False, amp: str = "none", min_steps: int = 3) -> dict:
-    """Train ``workload`` for ``warmup`` untimed steps, then for about ``seconds``; one result row."""
+            warmup: int = 3, compile: bool = False, amp: str = "none", min_steps: int = 3,
+            budget: bool = False) -> dict:
+    """Train ``workload`` for ``warmup`` untimed steps, then for about ``seconds`` (``budget``:
+    until the whole run, build and compile included, has lasted ``seconds``); one result row."""
     if amp not in AMP:
         raise ReplibError(f"unknown --amp {amp!r}; valid: {', '.join(AMP)}")
     torch.manual_seed(0)
@@ -275,7 +286,8 @@ def measure(workload: Workload, device: torch.device, *, seconds: float = 10.0,
     memory.reset()
     marks: list[list] = []
     t0 = time.perf_counter()
-    while len(marks) < min_steps or time.perf_counter() - t0 < seconds:
+    clock_start = start if budget else t0
+    while len(marks) < min_steps or time.perf_counter() - clock_start < seconds:
         marks.append([])
         step(marks[-1])
     synchronize(device)
@@ -290,7 +302,7 @@ def measure(workload: Workload, device: torch.device, *, seconds: float = 10.0,
         "model": workload.name, "describe": workload.describe, "params": params,
         "units": workload.units, "units_per_step": workload.units_per_step,
         "settings": {"compile": compile, "amp": amp, "threads": torch.get_num_threads(),
-                     "processes": 1, "kernels": _kernels_state(device)},
+                     "processes": 1, "kernels": _kernels_state(device), "budget": budget},
         "warmup_steps": max(warmup, 1), "first_step_s": first, "steps": n, "wall_s": wall,
         "step_s": step_s, "throughput": workload.units_per_step / step_s,
         "run_s": end - start,  # the whole run: build, compile, warm-up and the timed loop
@@ -560,7 +572,7 @@ def bench_compile_costs(root: Path, *, device: str = "auto", out: Path | None = 
 
 def bench(root: Path, *, device: str = "auto", models: list[str] | None = None,
           seconds: float = 10.0, warmup: int = 3, compile: bool = False, threads: int | None = None,
-          processes: int = 1, amp: str = "none", out: Path | None = None,
+          processes: int = 1, budget: bool = False, amp: str = "none", out: Path | None = None,
           workloads: dict[str, Workload] | None = None, echo: Callable[[str], None] = print) -> Path:
     """Measure ``models`` into ``root/results/bench/<device-kind>.json``; by default all of them
     on CUDA, all but :data:`GPU_ONLY` elsewhere. ``processes`` > 1 (CPU only) trains that many
@@ -581,7 +593,7 @@ def bench(root: Path, *, device: str = "auto", models: list[str] | None = None,
     if processes > 1 and (dev.type != "cpu" or workloads is not None):
         raise ReplibError("--processes is for the default workloads on a CPU")
     path = _writable(out or root / "results" / "bench" / f"{device_kind(dev)}.json")
-    kw = dict(seconds=seconds, warmup=warmup, compile=compile, amp=amp)
+    kw = dict(seconds=seconds, warmup=warmup, compile=compile, amp=amp, budget=budget)
     with torch_threads(threads):
         for name in names:  # written after each model: an interrupted run keeps what it measured
             if processes > 1:
@@ -609,6 +621,8 @@ def _settings_text(s: dict) -> str:
     words = ["compiled" if s["compile"] else "eager"]
     words += [] if s["amp"] == "none" else [f"autocast {s['amp']}"]
     words.append(f"{s['threads']} thread{'s' * (s['threads'] != 1)}")
+    if s.get("budget"):
+        words.insert(0, "fixed budget")
     if s.get("processes", 1) > 1:
         words[-1] += f" x {s['processes']} processes"
     return ", ".join(words)

@@ -283,7 +283,7 @@ def cmd_bench(args) -> int:
           + (f", {args.processes} processes" if args.processes > 1 else ""), flush=True)
     path = bench(root, device=args.device, models=models, seconds=args.seconds,
                  warmup=args.warmup, compile=args.compile, threads=args.threads,
-                 processes=args.processes, amp=args.amp, out=out)
+                 processes=args.processes, budget=args.budget, amp=args.amp, out=out)
     print(f"  results: {path}")
     return 0
 
@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's)")
     bench.add_argument("--amp", default="none", help="autocast dtype: none or bf16")
     bench.add_argument("--out", help="write here instead of results/bench/<device-kind>.json")
+    bench.add_argument("--budget", action="store_true",
+                       help="--seconds is the whole run's, build and compile included (a fixed "
+                            "budget, as a chapter has), not the timed loop's after warm-up")
     bench.add_argument("--processes", type=int, default=1,
                        help="train this many copies at once, one process each (CPU; as "
                             "`replib book --jobs N` runs chapters); throughputs add up")
