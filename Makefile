@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 SCALE  ?= cpu
-JOBS   ?= 1
+JOBS   ?= auto
 # PyPI's torch wheel for Linux is a CUDA build that pulls several GB of CUDA packages; on a machine
 # without a GPU, `make book TORCH_INDEX=https://download.pytorch.org/whl/cpu` gets the CPU build.
 TORCH  ?= torch==2.13.0

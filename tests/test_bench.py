@@ -175,3 +175,36 @@ def test_norm_kernel_rows_and_their_table(tmp_path):
     assert "| rmsnorm | 8 x 16 | bf16 |" in page and "x |" in page  # a speed-up over eager
     with pytest.raises(rb.ReplibError, match="no fused kernel for norm 'batchnorm'"):
         rb.bench_norm_kernels(tmp_path, device="cpu", out=out, norms=("batchnorm",))
+
+
+def _budget_row(compile, threads, processes, tokens_per_s, step_ms):
+    return {"model": "tinygpt-cpu", "run_throughput": tokens_per_s, "step_s": step_ms / 1e3,
+            "settings": {"compile": compile, "amp": "none", "threads": threads,
+                         "processes": processes, "budget": True}}
+
+
+def _costs(new_model_s):
+    return [{"case": c, "first_step_s": 40.0 if i == 1 else (new_model_s if comp else 0.1)}
+            for i, (c, _, comp) in enumerate(rb.COMPILE_CASES)]
+
+
+def test_cpu_settings_decision_known_answers():
+    """The page's rule on made-up rows: >= 10 % more tokens in the budget than eager/1/1, fastest
+    wins; a compiled setting must also pay back a new model's compile within a 30 s run."""
+    base = _budget_row(False, 1, 1, 10_000, 96)
+    assert rb.cpu_settings_decision({"runs": []}) is None
+    assert "the default stays" in rb.cpu_settings_decision({"runs": [base]})
+    near = _budget_row(False, 2, 1, 10_900, 88)  # +9 %: below the margin
+    assert "the default stays" in rb.cpu_settings_decision({"runs": [base, near]})
+    two = _budget_row(False, 1, 2, 19_000, 101)
+    comp = _budget_row(True, 1, 1, 13_000, 70)  # 27 % faster steps: saves 8.1 s of a 30 s run
+    out = rb.cpu_settings_decision({"runs": [base, near, two, comp], "compile_costs": _costs(40.0)})
+    assert "eager, 1 thread x 2 processes replaces the default (1.90x" in out
+    assert "compiled, 1 thread: 1.30x" in out and "compile 40.0 s vs 8.1 s saved" in out
+    assert out.count("passes the rule") == 1
+    cheap = rb.cpu_settings_decision({"runs": [base, comp], "compile_costs": _costs(2.0)})
+    assert "compiled, 1 thread replaces the default (1.30x" in cheap
+    unmeasured = rb.cpu_settings_decision({"runs": [base, comp]})
+    assert "compile payback not measured" in unmeasured and "the default stays" in unmeasured
+    unbudgeted = dict(two, settings={**two["settings"], "budget": False})  # not a fixed budget
+    assert "the default stays" in rb.cpu_settings_decision({"runs": [base, unbudgeted]})

@@ -30,7 +30,7 @@ def _run(argv, capsys):
     (["run", "99", "--cell-timeout", "0"], "argument --cell-timeout: a whole number of seconds >= 1"),
     (["book", "--cell-timeout", "soon"], "--cell-timeout: a whole number of seconds >= 1, got 'soon'"),
     (["run", "99", "--device", "cuda:x"], "unknown device 'cuda:x'; valid: auto, cpu, cuda, mps"),
-    (["book", "--jobs", "0"], "--jobs must be >= 1"),
+    (["book", "--jobs", "0"], "auto or a whole number >= 1, got '0'"),
     (["book", "--scale", "tiny"], "valid: smoke, cpu, gpu"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])

@@ -35,3 +35,19 @@ def test_seed_fixes_every_draw():
 def test_bad_seed(bad):
     with pytest.raises(ReplibError):
         seed_everything(bad)
+
+
+def test_auto_jobs_is_a_chapter_per_core_within_memory(monkeypatch):
+    """--jobs auto: one chapter per core on a CPU, capped at one per 2 GiB of memory; one on a GPU."""
+    import os
+
+    from replib.runtime import auto_jobs
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 24 * 2**30 // 4096}  # 24 GiB
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert auto_jobs(torch.device("cpu")) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert auto_jobs(torch.device("cpu")) == 12  # memory, not cores, limits
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert auto_jobs(torch.device("cpu")) == 1
+    assert auto_jobs(torch.device("cuda")) == 1

@@ -665,6 +665,63 @@ def _compile_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+MIN_GAIN = 1.10  # a setting replaces the default only with >= 10 % more tokens per budget
+RUN_S = 30.0  # a typical chapter training run (s), for what one compile must pay back
+
+
+def _plain(row: dict) -> str:  # a fixed-budget row's settings, without saying so
+    return _settings_text({**row["settings"], "budget": False})
+
+
+def _key(s: dict) -> tuple[bool, int, int]:
+    return s["compile"], s["threads"], s.get("processes", 1)
+
+
+def cpu_settings_decision(data: dict, model: str = "tinygpt-cpu") -> str | None:
+    """The Performance page's rule applied to a CPU file's fixed-budget rows of ``model``: a
+    setting replaces the default (eager, 1 thread, 1 process) only if its whole-run throughput is
+    at least :data:`MIN_GAIN` times the default's, the fastest such one wins; a compiled setting
+    must also pay back its compile within one :data:`RUN_S`-second run: each of the compile-cost
+    probe's new models (same shape; another norm) must cost less in its first step than
+    ``RUN_S * (1 - compiled step / eager step)`` (steps of the same threads and processes). The
+    decision in words, or None without the default's row."""
+    rows = {_key(r["settings"]): r for r in data.get("runs", [])
+            if r["model"] == model and r["settings"].get("budget") and r["settings"]["amp"] == "none"}
+    base = rows.get((False, 1, 1))
+    if base is None:
+        return None
+    costs = {r["case"]: r["first_step_s"] for r in data.get("compile_costs", [])}
+    new_models = [c for c, _, compiled in COMPILE_CASES[2:] if compiled]
+    lines, winners = [], []
+    for key, r in sorted(rows.items()):
+        if key == (False, 1, 1):
+            continue
+        gain = r["run_throughput"] / base["run_throughput"]
+        text = f"{_plain(r)}: {gain:.2f}x the default's tokens in the budget"
+        ok = gain >= MIN_GAIN
+        if ok and key[0]:
+            eager = rows.get((False, *key[1:]))
+            saved = RUN_S * (1 - r["step_s"] / eager["step_s"]) if eager else None
+            missing = [c for c in new_models if c not in costs]
+            if saved is None or missing:
+                ok, text = False, text + "; compile payback not measured"
+            else:
+                worst = max(costs[c] for c in new_models)
+                ok = worst < saved
+                text += (f"; a new model's compile {worst:.1f} s vs {max(saved, 0):.1f} s saved "
+                         f"over a {RUN_S:.0f} s run")
+        lines.append(f"- {text}: {'passes' if ok else 'fails'} the rule")
+        if ok:
+            winners.append((gain, key, r))
+    if winners:
+        gain, _, r = max(winners, key=lambda w: w[0])
+        head = (f"**Rule applied:** {_plain(r)} replaces the default "
+                f"({gain:.2f}x its tokens in the same budget).")
+    else:
+        head = "**Rule applied:** no setting beats the default by the margin; the default stays."
+    return "\n".join(["", head, "", *lines])
+
+
 def _kernel_table(rows: list[dict]) -> str:
     lines = ["", "Norm kernels, forward + backward (ms; in brackets the share of the measured copy "
              "bandwidth the ideal traffic reaches; speed-up over eager):", "",
@@ -700,9 +757,11 @@ def performance_markdown(bench_dir: Path) -> str:
             data = json.loads(path.read_text())
             if data.get("schema") != SCHEMA_NAME:
                 raise ValueError("not a replib.bench file")
-            tables.append(_table(data)
-                          + (_compile_table(data["compile_costs"]) if data.get("compile_costs") else "")
-                          + (_kernel_table(data["norm_kernels"]) if data.get("norm_kernels") else ""))
+            parts = [_table(data),
+                     data.get("compile_costs") and _compile_table(data["compile_costs"]),
+                     data["hardware"].get("device") == "cpu" and cpu_settings_decision(data),
+                     data.get("norm_kernels") and _kernel_table(data["norm_kernels"])]
+            tables.append("\n\n".join(p.strip("\n") for p in parts if p))
             gpu = gpu or data["hardware"].get("device", "").startswith("cuda")
         except (OSError, ValueError, KeyError) as e:
             tables.append(f"## {path.stem}\n\nunreadable ({e}).")
@@ -714,6 +773,7 @@ def performance_markdown(bench_dir: Path) -> str:
 
 
 __all__ = ["Workload", "default_workloads", "measure", "measure_processes", "bench",
-           "write_results", "compile_cost_rows", "bench_compile_costs", "norm_kernel_rows",
+           "write_results", "compile_cost_rows", "bench_compile_costs", "cpu_settings_decision",
+           "norm_kernel_rows",
            "bench_norm_kernels", "copy_bandwidth",
            "performance_markdown", "device_kind", "PEAK_BF16_FLOPS"]

@@ -60,6 +60,15 @@ def _cell_timeout(text: str) -> int:
     return seconds
 
 
+def _jobs(text: str) -> int | str:
+    if text == "auto":
+        return text
+    jobs = int(text) if text.strip().isdigit() else 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"auto or a whole number >= 1, got {text!r}")
+    return jobs
+
+
 def _parameters(args) -> dict:
     get_scale(args.scale)
     from .runtime import resolve_device  # checks that the device exists here, before any kernel starts
@@ -198,6 +207,9 @@ def cmd_book(args) -> int:
         raise ReplibError("--scheduler needs --executor dask")
     root = book_root()
     params = _parameters(args)
+    if args.jobs == "auto":
+        from .runtime import auto_jobs, resolve_device
+        args.jobs = auto_jobs(resolve_device(args.device))
     chapters = toc_chapters(root)
     _writable(root, args.scale)
     if bad := _unreadable(root):
@@ -312,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     book = sub.add_parser("book", help="execute every chapter (cached) and render the site")
     common(book, seeds=False)
-    book.add_argument("--jobs", type=int, default=1, help="chapters executed at once")
+    book.add_argument("--jobs", type=_jobs, default="auto",
+                      help="chapters executed at once (default auto: one per CPU core, each on "
+                           "one thread, as the Performance page's comparison chose; one on a GPU)")
     book.add_argument("--force", action="store_true", help="ignore the execution cache")
     book.add_argument("--executor", choices=("local", "dask"), default="local",
                       help="local: kernels of this machine; dask: chapters as tasks of a Dask "
@@ -387,8 +401,6 @@ def main(argv: list[str] | None = None) -> int:
         with _stop_on_signals():
             args = build_parser().parse_args(argv)
             command = args.command
-            if getattr(args, "jobs", 1) < 1:
-                raise ReplibError(f"--jobs must be >= 1, got {args.jobs}")
             return args.func(args)
     except ReplibError as e:
         print(f"replib: error: {e}", file=sys.stderr)

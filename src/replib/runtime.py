@@ -1,6 +1,7 @@
 """Device resolution and seeding: the ground floor every experiment stands on."""
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -72,6 +73,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def auto_jobs(device: torch.device) -> int:
+    """How many chapters ``replib book`` executes at once by default (``--jobs auto``).
+
+    On a CPU one per core, each training on one thread: the Performance page's 5-minute runs on
+    2 cores found two chapters at once training more tokens than one chapter on one or on two
+    threads, by its rule declared before those runs. At most one per 2 GiB of memory (a chapter's
+    process peaks near 1 GiB). On a GPU one: chapters on one device would share it (several GPUs:
+    ``--executor dask``, one chapter per GPU)."""
+    if device.type != "cpu":
+        return 1
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (AttributeError, ValueError, OSError):  # not POSIX: the cores alone
+        memory_gib = math.inf
+    return max(1, min(os.cpu_count() or 1, int(memory_gib // 2)))
 
 
 @contextmanager
