@@ -29,3 +29,16 @@ def test_environment_mirrors_pyproject():
         assert cname in listed, f"{cname} missing from environment.yml"
         assert listed[cname] == spec, f"{cname}: environment.yml says {listed[cname]!r}, pyproject {spec!r}"
     assert any(p.startswith("-e .") for p in pip), "environment.yml must install replib itself"
+
+
+def test_replib_and_its_bench_import_without_the_notebook_stack():
+    """`.ci/gpu-visit` runs `replib bench` on the device image, which has torch, numpy, scipy and
+    tqdm but no IPython, Jupyter or papermill: importing replib must not need them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, replib, replib.cli, replib.bench; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'IPython', 'ipywidgets', 'papermill', 'nbclient', 'matplotlib', 'seaborn', 'pandas'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

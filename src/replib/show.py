@@ -13,11 +13,12 @@ import math
 import os
 import re
 import textwrap
-from typing import Callable, Iterable, Mapping
-
-from IPython.display import Markdown
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from .claims import Verdict
+
+if TYPE_CHECKING:  # IPython is imported where a page is rendered, not with replib (scripts, GPU images)
+    from IPython.display import Markdown
 
 
 def show_source(obj: object) -> Markdown:
@@ -27,6 +28,7 @@ def show_source(obj: object) -> Markdown:
     except (TypeError, OSError) as e:
         raise TypeError(f"cannot show the source of {obj!r}: {e}") from None
     where = f"{inspect.getmodule(obj).__name__}.{getattr(obj, '__qualname__', '')}"
+    from IPython.display import Markdown
     return Markdown(f"`{where}`\n\n```python\n{textwrap.dedent(source)}```")
 
 
@@ -39,6 +41,7 @@ def static_build() -> bool:
 def explorer(make_widget: Callable[[], object]) -> object:
     """An ipywidgets control for readers in Jupyter/Colab; on the static site, a line saying so."""
     if static_build():
+        from IPython.display import Markdown
         return Markdown("*Interactive control: open this chapter in Jupyter or Colab to use it; the "
                         "static figure above shows the same sweep.*")
     return make_widget()
