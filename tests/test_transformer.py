@@ -144,3 +144,52 @@ def test_embed_scale_is_a_learnable_sqrt_d_on_token_embeddings_only():
     _, loss = scaled(idx, idx)
     loss.backward()
     assert scaled.emb_scale.grad is not None and torch.isfinite(scaled.emb_scale.grad)
+
+
+# ------------------------------------------------------------------ the MLP options
+import torch.nn.functional as F  # noqa: E402
+
+from replib.nn.transformer import MLP, MLPS  # noqa: E402
+
+GATE_FNS = {"swiglu": F.silu, "sigmoid-glu": torch.sigmoid, "bilinear": lambda a: a}
+
+
+@pytest.mark.parametrize("kind", list(GATE_FNS))
+def test_gated_mlps_follow_their_equations(kind):
+    """W_2 (sigma(W_g x) * W_u x), W_g and W_u the halves of mlp.fc, in float64."""
+    torch.manual_seed(0)
+    mlp = MLP(GPTConfig(d_model=16, mlp=kind)).double()
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    h = mlp.fc.weight.shape[0] // 2
+    g = x @ mlp.fc.weight[:h].T + mlp.fc.bias[:h]
+    u = x @ mlp.fc.weight[h:].T + mlp.fc.bias[h:]
+    expected = (GATE_FNS[kind](g) * u) @ mlp.proj.weight.T + mlp.proj.bias
+    torch.testing.assert_close(mlp(x), expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(mlp, (x[:1, :2].clone().requires_grad_(),))
+
+
+def test_gated_width_is_llama_rule_and_keeps_the_parameters_near_gelu():
+    for d in (32, 64, 96, 128):
+        gelu, gated = GPTConfig(d_model=d), GPTConfig(d_model=d, mlp="swiglu")
+        assert gelu.d_ff == 4 * d and gated.d_ff % 8 == 0 and 8 * d / 3 <= gated.d_ff < 8 * d / 3 + 8
+        n = lambda cfg: sum(p.numel() for p in MLP(cfg).parameters())  # noqa: E731
+        assert abs(n(gated) / n(gelu) - 1) < 0.1
+    assert GPTConfig(d_model=64, mlp="bilinear", d_ff=100).d_ff == 100  # an explicit width wins
+    with pytest.raises(ReplibError, match="unknown mlp 'relu'; valid: gelu, swiglu"):
+        GPTConfig(mlp="relu")
+
+
+@pytest.mark.parametrize("kind", MLPS)
+def test_every_mlp_learns_a_batch(kind):
+    seed_everything(0)
+    model = TinyGPT(GPTConfig(vocab_size=32, seq_len=16, n_layer=2, n_head=2, d_model=32, mlp=kind))
+    x = torch.randint(0, 32, (4, 17))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss = model(x[:, :-1], x[:, 1:])[1]
+        first = first if first is not None else float(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first

@@ -43,10 +43,12 @@ SINK_SCORE_MIN = 5.0  # the spec: below it in the baseline, no residual sink eme
 
 @dataclass(frozen=True)
 class Arm:
-    """One training arm: the norm, the attention entry, and an optional residual clip."""
+    """One training arm: the norm, the attention entry, the MLP (the spec's base model is SwiGLU),
+    and an optional residual clip."""
 
     norm: str = "rmsnorm"
     attention: str = "softmax"
+    mlp: str = "swiglu"
     clip: float | None = None
     label: str = ""
 
@@ -59,6 +61,7 @@ ARMS: dict[str, Arm] = {
     "DyT": Arm(norm="dyt", label="tanh instead of every RMSNorm"),
     "clip10": Arm(clip=10.0, label="residual clamped at ±10 after every block"),
     "clip100": Arm(clip=100.0, label="residual clamped at ±100 after every block"),
+    "sigmoid-GLU": Arm(mlp="sigmoid-glu", label="a sigmoid, not SiLU, gates the MLP (bounded gate)"),
 }
 
 
@@ -217,7 +220,7 @@ def train_arm(arm: str, seed: int, lr: float, data: LMData, arms: Mapping[str, A
     a = arms[arm]
     with clipped_residuals(a.clip):
         run = run_placement("pre", seed, lr, data, norm=a.norm, keep_model=True,
-                            model_kwargs={"attention": a.attention}, **kw)
+                            model_kwargs={"attention": a.attention, "mlp": a.mlp}, **kw)
         rec = sweep_record(run)
         keys = ("max_act", "sink_score", "first_token", "entropy", "test_w4a4")
         if run.nan:

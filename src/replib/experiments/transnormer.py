@@ -30,14 +30,15 @@ from ..runtime import seed_everything, synchronize, torch_threads
 from ..timing import compare, train_step
 from .nala import kernel_costs
 
-# C3's arms: GPTConfig options (``norm``: the block norms). The SGLU channel mixer is not here:
-# TinyGPT's MLP is fixed (GELU), so every arm has the same MLP.
+# C3's arms: GPTConfig options (``norm``: the block norms). The Transformer is LLaMA-style (SwiGLU
+# MLP), TNL's channel mixer is SGLU, W3(W1 x ⊙ W2 x) with no activation (TinyGPT's "bilinear" MLP).
+_TNL = {"attention": "transnormer", "norm": "srmsnorm", "mlp": "bilinear"}
 ARMS = {
-    "transformer": {"attention": "softmax"},
-    "tnl": {"attention": "transnormer", "norm": "srmsnorm"},
-    "tnl-no-decay": {"attention": "transnormer", "attention_kwargs": {"decay": False}, "norm": "srmsnorm"},
-    "tnl-no-gate": {"attention": "transnormer", "attention_kwargs": {"gate": False}, "norm": "srmsnorm"},
-    "tnl-rmsnorm": {"attention": "transnormer", "norm": "rmsnorm"},
+    "transformer": {"attention": "softmax", "mlp": "swiglu"},
+    "tnl": _TNL,
+    "tnl-no-decay": {**_TNL, "attention_kwargs": {"decay": False}},
+    "tnl-no-gate": {**_TNL, "attention_kwargs": {"gate": False}},
+    "tnl-rmsnorm": {**_TNL, "norm": "rmsnorm"},
 }
 
 
@@ -125,8 +126,8 @@ def _norm_costs(rows, dim, model, warmup, reps, seed, device):
     for n in NORMS:
         seed_everything(seed)
         m = TinyGPT(GPTConfig(vocab_size=256, seq_len=model["seq_len"], n_layer=model["n_layer"],
-                              n_head=model["n_head"], d_model=model["d_model"], norm=n,
-                              attention="transnormer")).to(device)
+                              n_head=model["n_head"], d_model=model["d_model"],
+                              **{**_TNL, "norm": n})).to(device)
         steps[n] = train_step(m, torch.optim.AdamW(m.parameters(), lr=1e-4),
                               lambda m: m(idx[:, :-1], idx[:, 1:])[1])
     t_model = compare(steps, device, warmup=warmup, reps=reps)

@@ -20,6 +20,14 @@ with any norm type and with the ``pre`` and ``peri`` placements.
 
 ``d_attn`` and ``d_ff`` may differ from the residual width ``d_model``: a compressed (``d-1``)
 residual stream still attends in ``d`` dimensions (Pre-CRMSNorm, chapter 10).
+
+The MLP (``mlp``) is GPT-2's :math:`W_2\,\mathrm{GELU}(W_1 x)` or a gated linear unit
+:math:`W_2\,(\sigma(W_g x) \odot W_u x)` (Shazeer 2020, arXiv 2002.05202): ``swiglu``
+(:math:`\sigma` = SiLU, LLaMA's), ``sigmoid-glu`` (:math:`\sigma` = the logistic sigmoid) or
+``bilinear`` (no :math:`\sigma`; TransNormerLLM's SGLU). A gated MLP's hidden width defaults to
+LLaMA's :math:`8d/3` rounded up to a multiple of 8, which keeps its parameters near GPT-2's
+:math:`4d`-wide MLP. :math:`W_g` and :math:`W_u` are the two halves of one matrix, ``mlp.fc``, so
+the MLP keeps one reader of its input (a norm folds into it as into GPT-2's).
 """
 from __future__ import annotations
 
@@ -35,6 +43,8 @@ from .attention import create_attention
 from .norms import create_norm
 
 PLACEMENTS = ("pre", "post", "peri", "mix")
+GATES = {"swiglu": F.silu, "sigmoid-glu": torch.sigmoid, "bilinear": None}  # the gated MLPs
+MLPS = ("gelu", *GATES)
 MIX_ALPHA = 0.25  # Mix-LN's fraction of leading Post-LN blocks
 
 
@@ -46,7 +56,8 @@ class GPTConfig:
     n_head: int = 4
     d_model: int = 128
     d_attn: int | None = None  # query/key/value width; None: d_model
-    d_ff: int | None = None  # MLP hidden width; None: 4 * d_model
+    d_ff: int | None = None  # MLP hidden width; None: 4 * d_model, or 8/3 d (to 8) if gated
+    mlp: str = "gelu"  # one of MLPS
     norm: str = "layernorm"
     norm_kwargs: dict = field(default_factory=dict)
     placement: str = "pre"
@@ -65,7 +76,10 @@ class GPTConfig:
 
     def __post_init__(self):
         self.d_attn = self.d_attn or self.d_model
-        self.d_ff = self.d_ff or 4 * self.d_model
+        if self.mlp not in MLPS:
+            raise ReplibError(f"unknown mlp {self.mlp!r}; valid: {', '.join(MLPS)}")
+        gated = 8 * ((8 * self.d_model // 3 + 7) // 8)
+        self.d_ff = self.d_ff or (gated if self.mlp in GATES else 4 * self.d_model)
         if self.placement not in PLACEMENTS:
             raise ReplibError(f"unknown placement {self.placement!r}; valid: {', '.join(PLACEMENTS)}")
         if self.d_attn % self.n_head:
@@ -99,11 +113,17 @@ def attention_for(cfg: GPTConfig) -> nn.Module:
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.kind = cfg.mlp
+        width = 2 * cfg.d_ff if cfg.mlp in GATES else cfg.d_ff  # gated: [W_g; W_u]
+        self.fc = nn.Linear(cfg.d_model, width, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x)))
+        if self.kind == "gelu":
+            return self.proj(F.gelu(self.fc(x)))
+        gate, up = self.fc(x).chunk(2, dim=-1)
+        act = GATES[self.kind]
+        return self.proj((act(gate) if act is not None else gate) * up)
 
 
 class Block(nn.Module):
