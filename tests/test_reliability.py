@@ -126,8 +126,8 @@ def test_a_killed_run_stops_its_kernel_and_is_never_cached(quick):
 
 def test_ctrl_c_stops_the_book_at_once(quick):
     root, chapter, previous, before = quick
-    rc, seconds, kernel = _interrupt(root, ["book", "--scale", "smoke", "--device", "cpu",
-                                            "--force"], signal.SIGINT, group=True)  # as a terminal
+    rc, seconds, kernel = _interrupt(root, ["book", "--scale", "smoke", "--device", "cpu", "--force",
+                                            "--jobs", "1"], signal.SIGINT, group=True)  # as a terminal
     assert rc == 130 and seconds < 60 and _gone(kernel)
     assert not (root / "marks" / "02-queued").exists()  # the queued chapter never started
     assert previous.read_bytes() == before and not up_to_date(root, chapter, PARAMS)

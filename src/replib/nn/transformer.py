@@ -21,10 +21,10 @@ with any norm type and with the ``pre`` and ``peri`` placements.
 ``d_attn`` and ``d_ff`` may differ from the residual width ``d_model``: a compressed (``d-1``)
 residual stream still attends in ``d`` dimensions (Pre-CRMSNorm, chapter 10).
 
-The MLP (``mlp``) is GPT-2's :math:`W_2\,\mathrm{GELU}(W_1 x)` or a gated linear unit
-:math:`W_2\,(\sigma(W_g x) \odot W_u x)` (Shazeer 2020, arXiv 2002.05202): ``swiglu``
-(:math:`\sigma` = SiLU, LLaMA's), ``sigmoid-glu`` (:math:`\sigma` = the logistic sigmoid) or
-``bilinear`` (no :math:`\sigma`; TransNormerLLM's SGLU). A gated MLP's hidden width defaults to
+The MLP (``mlp``) is GPT-2's :math:`W_2\\,\\mathrm{GELU}(W_1 x)` or a gated linear unit
+:math:`W_2\\,(\\sigma(W_g x) \\odot W_u x)` (Shazeer 2020, arXiv 2002.05202): ``swiglu``
+(:math:`\\sigma` = SiLU, LLaMA's), ``sigmoid-glu`` (:math:`\\sigma` = the logistic sigmoid) or
+``bilinear`` (no :math:`\\sigma`; TransNormerLLM's SGLU). A gated MLP's hidden width defaults to
 LLaMA's :math:`8d/3` rounded up to a multiple of 8, which keeps its parameters near GPT-2's
 :math:`4d`-wide MLP. :math:`W_g` and :math:`W_u` are the two halves of one matrix, ``mlp.fc``, so
 the MLP keeps one reader of its input (a norm folds into it as into GPT-2's).
