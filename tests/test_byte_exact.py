@@ -163,3 +163,10 @@ def test_transformer_wrapper_matches_direct_forward():
             want = torch.log_softmax(model(torch.tensor([c]))[0][0, -1].double(), -1).numpy()
         assert np.allclose(got[row], want, atol=1e-6)
     assert np.allclose(np.exp(got).sum(1), 1)
+
+
+def test_prompt_ruled_out_by_the_model_gives_uniform_not_nan():
+    tok = BPE(b" ab", [(b"a", b"b")])
+    lm = be.ChunkPushforwardLM(tok, {b"a ": 0.5, b"b ": 0.5})  # no word starts with "ab"
+    probs, totals = be.next_byte_btr(lm, tok, [b"ab"])
+    assert totals[0] == 0 and np.allclose(probs, 1 / 3)

@@ -168,8 +168,8 @@ def next_byte_btr(lm: TokenLM, tok: BPE, prefixes: Sequence[bytes]) -> tuple[np.
             if c.overshoot:
                 p = np.exp(_chain(logp, div, c.left) + logp[div + c.left][c.last])
                 mass[tok.alphabet.index(c.overshoot[0])] += p
-        totals[row] = mass.sum()
-        probs[row] = mass / totals[row]
+        totals[row] = mass.sum()  # 0 only if the model rules the prompt out: then no byte is preferred
+        probs[row] = mass / totals[row] if totals[row] > 0 else 1.0 / len(tok.alphabet)
     return probs, totals
 
 
