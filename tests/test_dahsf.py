@@ -120,3 +120,14 @@ def test_smaller_grammar_and_table_agree(g):
     small = cm.grammar(["copy", "delete"])
     assert set(small.intents) == {"copy", "delete"} and "ORDER" not in small.choices
     assert len(dh.FlatTable(small).table) == dh.surface_count(g, "copy") + dh.surface_count(g, "delete")
+
+
+def test_latencies_interleave_and_thin_the_slow_arm():
+    from replib.experiments import dahsf as dx
+    calls = []
+    fns = {"a": lambda q: calls.append(("a", q)), "b": lambda q: calls.append(("b", q))}
+    out = dx.latencies(fns, list(range(9)), {"b": 3})
+    assert len(out["a"]) == 9 and len(out["b"]) == 3 and (out["a"] >= 0).all()
+    timed = calls[10:]  # after 5 warm-up calls of each arm
+    assert timed[:3] == [("a", 0), ("b", 0), ("a", 1)] and ("b", 3) in timed and ("b", 4) not in timed
+    assert timed[timed.index(("a", 3)) - 1] == ("b", 3)  # the order rotates query by query

@@ -4,7 +4,7 @@ Arms, all answering "which intent is this command?" (``None``: no answer, counte
 
 - ``DAHSF`` — the reducer of :mod:`replib.textnorm.dahsf` on the authored grammar of
   :mod:`replib.data.commands` (no labelled example);
-- ``DAHSF k-shot`` — the same rules and intents, its dictionary cut to the phrases seen in ``k``
+- ``DAHSF few-shot`` — the same rules and intents, its dictionary cut to the phrases seen in ``k``
   annotated examples per intent (:func:`replib.data.commands.seen_grammar`);
 - ``flat table`` — every surface form stored whole (:class:`replib.textnorm.dahsf.FlatTable`);
 - ``char n-gram LR`` — TF-IDF of character 2-4-grams (within words) + logistic regression;
