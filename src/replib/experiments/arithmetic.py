@@ -106,8 +106,8 @@ def run_addition(chunking: str, lr: float, seed: int, data: AdditionData, *, n_l
                  threads: int | None = 1) -> dict:
     """Train one TinyGPT on ``data`` tokenized by ``chunking``; score validation and test.
 
-    The ``seed`` fixes the initial weights (equal across arms up to the position table's length)
-    and the batches: every arm sees the same problems in the same order. A non-finite loss returns
+    The ``seed`` fixes the initial weights (the same for L2R and R2L, whose sequences have the
+    same length) and the batches: every arm sees the same problems in the same order. A non-finite loss returns
     NaN metrics (a divergence, recorded, never raised).
     """
     task = data.tokens[chunking]
