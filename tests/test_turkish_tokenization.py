@@ -89,3 +89,11 @@ def test_spearman_bootstrap_point_matches_scipy_and_covers():
     assert out["pure"][0] == pytest.approx(sps.spearmanr(z, y).statistic)
     assert out["tr"][1] <= out["tr"][0] <= out["tr"][2] and out["diff"][1] > 0
     assert out == tx.spearman_bootstrap(x, z, y, n_resamples=500, seed=1)
+
+
+def test_language_pairs_drop_capped_repeats():
+    import pandas as pd
+    table = pd.DataFrame({"vocab": [1000, 1000, 900, 700, 900, 700]},
+                         index=["bpe-1k-tr", "bpe-1k-en", "bpe-4k-tr", "bpe-4k-en", "bpe-8k-tr", "bpe-8k-en"])
+    assert tx.language_pairs(table, ["bpe"], [1000, 4000, 8000]) == [("bpe-1k-tr", "bpe-1k-en"),
+                                                                     ("bpe-4k-tr", "bpe-4k-en")]

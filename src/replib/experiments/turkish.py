@@ -102,6 +102,21 @@ def score_all(toks: Mapping[str, subword.Subword], specs: Mapping[str, tuple[str
     return pd.DataFrame(rows).set_index("name")
 
 
+def language_pairs(table: pd.DataFrame, kinds: Sequence[str], vocabs: Sequence[int]) -> list[tuple[str, str]]:
+    """(Turkish-trained, English-trained) names at equal requested vocabulary, per kind; a pair
+    whose two actual vocabulary sizes repeat the previous pair's (the training text capped both, so
+    the tokenizers are the same) is left out."""
+    pairs, seen = [], set()
+    for kind in kinds:
+        for vocab in vocabs:
+            tr, en = tokenizer_name(kind, vocab, "tr"), tokenizer_name(kind, vocab, "en")
+            key = (kind, int(table.loc[tr, "vocab"]), int(table.loc[en, "vocab"]))
+            if key not in seen:
+                seen.add(key)
+                pairs.append((tr, en))
+    return pairs
+
+
 # ------------------------------------------------------------------------------ language models
 @dataclass
 class LMData:
