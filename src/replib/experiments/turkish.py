@@ -243,8 +243,7 @@ def plot_metrics(axes: Sequence[plt.Axes], table: pd.DataFrame) -> None:
     marker per training language."""
     kinds = list(dict.fromkeys(table["kind"]))
     colors = dict(zip(kinds, palette(len(kinds))))
-    for ax, col, label in zip(axes, ("tr", "pure"), ("%TR (unique tokens that are lexicon words)",
-                                                    "%Pure (unique tokens that are roots or suffixes)")):
+    for ax, col, label in zip(axes, ("tr", "pure"), ("%TR (share of unique tokens)", "%Pure (share of unique tokens)")):
         for (kind, lang), g in table.groupby(["kind", "lang"], sort=False):
             g = g.sort_values("vocab")
             ax.plot(g["vocab"], g[col], marker=LANG_MARKERS.get(lang, "s"), color=colors[kind],
