@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from replib.data.words import PAD, encode_words
-from replib.experiments.learn_your_tokens import smoothed, word_accuracy
+from replib.experiments.learn_your_tokens import next_word, smoothed, word_accuracy
 from replib.nn.word_pooling import WordPoolConfig, WordPoolLM, attention_cost
 from replib.runtime import torch_threads
 from replib.train import adamw
@@ -138,3 +138,10 @@ def test_canvases_from_words_feed_the_model():
     cfg = WordPoolConfig(canvas=6, n_prefix=2, n_words=3, d_model=16, n_head=2)
     u = encode_words(["def", "f", "("], 6)[None]
     assert model(cfg)(u)[0].shape == (1, 2, 6, cfg.vocab_size)
+
+
+def test_a_gpt_continuation_predicts_a_word_only_when_the_word_is_closed():
+    assert next_word(" def foo") == "def"
+    assert next_word(" def") == ""  # not closed: the word might go on
+    assert next_word("def ") == ""  # no space before: not the next word
+    assert next_word(" ( x") == "("

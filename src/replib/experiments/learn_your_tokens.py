@@ -140,17 +140,27 @@ def positions(words: Sequence[str], n: int, context: int) -> list[int]:
     return np.linspace(context, len(words) - 1, n).round().astype(int).tolist()
 
 
+def _complete(text: str) -> bool:
+    """A continuation that already decides its next word: a whole word, or not a word at all."""
+    return not text.startswith(" ") or " " in text[1:]
+
+
 @torch.no_grad()
 def _gpt_continuations(model: TinyGPT, contexts: list[list[int]], steps: int, decode,
                        device, chunk: int = 256) -> list[str]:
-    """Greedy continuation of each context (all cut to one length) by ``steps`` tokens."""
+    """Greedy continuation of each context (all cut to one length) by up to ``steps`` tokens,
+    stopping early once every row's next word is decided."""
     out = []
     for i in range(0, len(contexts), chunk):
         idx = torch.tensor(contexts[i:i + chunk], device=device)
+        start = idx.shape[1]
         for _ in range(steps):
             nxt = model(idx[:, -model.cfg.seq_len:])[0][:, -1].argmax(-1, keepdim=True)
             idx = torch.cat([idx, nxt], 1)
-        out += [decode(row[-steps:]) for row in idx.tolist()]
+            texts = [decode(row) for row in idx[:, start:].tolist()]
+            if all(_complete(t) for t in texts):
+                break
+        out += texts
     return out
 
 
@@ -175,9 +185,13 @@ def predict_words(model, arm: str, data: WordData, words: Sequence[str], where: 
     else:
         contexts = [ids[-ctx_len:] for ids in data.bpe.encode_batch(texts)]
         decode = data.bpe.decode
-    conts = _gpt_continuations(model, contexts, steps, decode, device, chunk)
-    # the continuation's first word, if it is complete (opened and closed by a space)
-    return [c[1:].split(" ")[0] if c.startswith(" ") and " " in c[1:] else "" for c in conts]
+    return [next_word(c) for c in _gpt_continuations(model, contexts, steps, decode, device, chunk)]
+
+
+def next_word(continuation: str) -> str:
+    """The word a GPT's continuation predicts: the text between its first two spaces, if it opens
+    with a space and closes the word; otherwise ``""`` (never a hit)."""
+    return continuation[1:].split(" ")[0] if _complete(continuation) and continuation.startswith(" ") else ""
 
 
 def word_accuracy(predicted: Sequence[str], words: Sequence[str], where: Sequence[int],
@@ -370,7 +384,6 @@ def figure_cost(costs: Mapping[str, float], times: Mapping[str, float]):
 
 
 __all__ = ["ARMS", "RARE_MAX_COUNT", "Comparison", "Size", "WordData", "best_baseline", "compare",
-           "cost_table",
-           "figure_accuracy", "figure_cost", "figure_sweep", "metrics", "most_frequent_word_accuracy",
-           "positions", "predict_words", "ratio_rule", "run_arm", "smoothed", "smoothed_at_best", "step_times",
-           "word_accuracy", "word_data"]
+           "cost_table", "figure_accuracy", "figure_cost", "figure_sweep", "metrics",
+           "most_frequent_word_accuracy", "next_word", "positions", "predict_words", "ratio_rule",
+           "run_arm", "smoothed", "smoothed_at_best", "step_times", "word_accuracy", "word_data"]
