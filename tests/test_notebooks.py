@@ -66,3 +66,9 @@ def test_every_notebook_is_in_the_toc_and_every_toc_entry_exists():
 def test_papers_list_is_complete():
     assert len(PAPERS) == 40 and all(re.match(r"^\d\d-[a-z0-9-]+$", k) for k in PAPERS)
     assert [int(k[:2]) for k in PAPERS] == list(range(1, 41))
+
+
+def test_papers_status_says_which_have_a_chapter():
+    written = {p.stem for p in NOTEBOOKS}
+    assert {k for k, p in PAPERS.items() if p["status"] == "chapter"} == written & set(PAPERS)
+    assert all(p["status"] in ("chapter", "planned") for p in PAPERS.values())
