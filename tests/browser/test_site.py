@@ -408,9 +408,10 @@ def test_search_finds_the_chapter_by_a_title_word(site, page, cid):
     title = chapter_title(ROOT, next(c for c in CHAPTERS if c.id == cid))
     word = max(re.findall(r"[A-Za-z]{4,}", title), key=len)
     page.goto(f"{site}/search.html?q={word}")
-    results = page.locator("#search-results a")
-    results.first.wait_for(timeout=15000)
-    hrefs = results.evaluate_all("as => as.map(a => a.getAttribute('href'))")
+    # Sphinx lists results one by one; read them only once its summary says the search finished
+    # (a word shared by many pages listed the chapter after the test had read the list)
+    page.locator("#search-results p.search-summary", has_text="Search finished").wait_for(timeout=30000)
+    hrefs = page.locator("#search-results a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
     assert any(f"notebooks/{cid}.html" in h for h in hrefs), f"search {word!r}: {hrefs[:10]}"
 
 
